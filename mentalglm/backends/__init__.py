@@ -1,0 +1,1 @@
+"""Backends: each module holds one backend and imports its heavy libraries lazily."""

@@ -1,0 +1,260 @@
+"""The ``mentalglm`` command.
+
+``--json`` puts exactly one JSON document (or JSONL for many posts) on stdout; progress and
+logs go to stderr. Mistakes in input give one line on stderr and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import warnings
+from typing import Sequence
+
+from mentalglm.core.errors import MentalGLMError, OptionsError
+
+EXIT_USER_ERROR = 1
+EXIT_INTERRUPTED = 130
+
+
+def _print_json(value) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, indent=2) + "\n")
+
+
+def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
+    widths = [max(_width(row[i]) for row in cells) for i in range(len(header))]
+
+    def line(row):
+        return "  ".join(c + " " * (w - _width(c)) for c, w in zip(row, widths)).rstrip()
+
+    return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
+
+
+def _width(text: str) -> int:
+    """Display width: CJK characters take two terminal columns."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _parse_options(pairs: Sequence[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs or ():
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise OptionsError(f"--option expects KEY=VALUE, got '{pair}'")
+        options[key.strip()] = value
+    return options
+
+
+def _plugins():
+    from mentalglm.core.plugins import get_plugin_manager
+
+    return get_plugin_manager()
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_plugins(args) -> int:
+    """List plugins and what each provides."""
+    pm = _plugins()
+    providers = pm.providers()
+    if args.json:
+        _print_json({"plugins": [vars(p) for p in providers],
+                     "failures": [{"plugin": name, "error": message} for name, message in pm.failures]})
+        return 0
+    rows = [(p.name, p.version or ("built-in" if p.builtin else "-"), ", ".join(p.tasks) or "-",
+             ", ".join(p.prompts) or "-", ", ".join(p.backends) or "-", ", ".join(p.hooks)) for p in providers]
+    print(_table(rows, ["plugin", "version", "tasks", "prompts", "backends", "hooks"]))
+    for name, message in pm.failures:
+        print(f"skipped: {message}", file=sys.stderr)
+    return 0
+
+
+def cmd_tasks(args) -> int:
+    """List tasks with kind and labels."""
+    pm = _plugins()
+    tasks = pm.tasks()
+    owners = {t: p.name for p in pm.providers() for t in p.tasks}
+    if args.json:
+        _print_json({"tasks": [{**task.describe(), "plugin": owners.get(name)} for name, task in tasks.items()]})
+        return 0
+    rows = []
+    for name, task in tasks.items():
+        items = getattr(task, "label_names", None) or getattr(task, "field_names", ())
+        rows.append((name, task.kind, "、".join(items), task.primary_metric, owners.get(name, "-")))
+    print(_table(rows, ["task", "kind", "labels / fields", "primary metric", "plugin"]))
+    return 0
+
+
+def cmd_backends(args) -> int:
+    """Describe each backend and its options."""
+    pm = _plugins()
+    described, broken = [], []
+    for name, entry in pm.backends().items():
+        try:
+            described.append({**entry.load().describe(), "name": name, "plugin": entry.plugin})
+        except MentalGLMError as exc:
+            broken.append({"name": name, "plugin": entry.plugin, "error": str(exc)})
+    if args.json:
+        _print_json({"backends": described, "unavailable": broken})
+        return 0
+    for info in described:
+        print(f"{info['name']} ({info['plugin']}): {info['description']}")
+        print(f"  needs --model: {'yes' if info['requires_model'] else 'no'}; can: {', '.join(info['capabilities'])}")
+        for option in info["options"]:
+            default = "required" if option["required"] else f"default {option['default']!r}"
+            help_text = f" — {option['help']}" if option["help"] else ""
+            print(f"  --option {option['name']}=<{option['type']}>  ({default}){help_text}")
+    for info in broken:
+        print(f"{info['name']} ({info['plugin']}): unavailable: {info['error']}")
+    return 0
+
+
+def _analyzer(args):
+    from mentalglm.core.analyzer import Analyzer
+
+    return Analyzer(task=args.task, backend=args.backend, model=args.model, prompt=args.prompt,
+                    options=_parse_options(args.option), system=args.system, batch_size=args.batch_size)
+
+
+def _print_prediction(prediction) -> None:
+    status = "" if prediction.valid else f"  [invalid: {prediction.problem}]"
+    if prediction.fields is not None:
+        print(f"[{prediction.id}]{status}")
+        for name, value in prediction.fields.items():
+            print(f"  {name}：{value or '—'}")
+    else:
+        print(f"[{prediction.id}] 标签：{'、'.join(prediction.labels) or '—'}{status}")
+    if prediction.explanation:
+        print(f"  解释：{prediction.explanation}")
+
+
+def cmd_analyze(args) -> int:
+    """Analyse posts given as arguments or in a file."""
+    from mentalglm.core.data import read_posts
+    from mentalglm.core.prediction import Post
+
+    if args.text and args.input:
+        raise MentalGLMError("give posts either as arguments or with --input FILE, not both")
+    if not args.text and not args.input:
+        raise MentalGLMError("no posts: give TEXT arguments or --input FILE")
+    pm = _plugins()
+    task = pm.task(args.task)
+    posts = read_posts(args.input, task) if args.input else [Post(id=str(i), text=t) for i, t in enumerate(args.text, 1)]
+    with _analyzer(args) as analyzer:
+        if args.output:
+            summary = analyzer.run(posts, args.output, progress=False if args.quiet else None)
+            result = {"output": summary.output, "posts": summary.total, "analysed": summary.analysed,
+                      "skipped": summary.skipped, "invalid": summary.invalid}
+            if args.json:
+                _print_json(result)
+            else:
+                print(f"{summary.analysed} posts analysed, {summary.skipped} already done, "
+                      f"{summary.invalid} invalid → {summary.output}")
+            return 0
+        for prediction in analyzer.analyze_many(posts):
+            if args.json and len(posts) == 1:
+                _print_json(prediction.to_dict())
+            elif args.json:
+                sys.stdout.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + "\n")
+            else:
+                _print_prediction(prediction)
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    """Evaluate on gold-labelled data; write predictions, metrics and a report."""
+    from mentalglm.core.data import read_posts
+    from mentalglm.core.evaluation import evaluate, headline_metrics
+
+    pm = _plugins()
+    task = pm.task(args.task)
+    posts = read_posts(args.data, task)
+    with _analyzer(args) as analyzer:
+        document = evaluate(analyzer, posts, args.output_dir, data=args.data,
+                            progress=False if args.quiet else None)
+    if args.json:
+        _print_json(document)
+        return 0
+    counts = document["counts"]
+    print(f"{task.name}: {counts['posts']} posts, {counts['invalid']} invalid outputs "
+          f"({counts['resumed']} resumed from an earlier run)")
+    print(_table([(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in headline_metrics(document["metrics"])],
+                 ["metric", "value"]))
+    print(f"wrote {args.output_dir}/predictions.jsonl, metrics.json, report.md")
+    return 0
+
+
+# -- argument parsing -------------------------------------------------------------------------
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--task", required=True, help="task name (see `mentalglm tasks`)")
+    parser.add_argument("--backend", default="llamacpp", help="backend name (see `mentalglm backends`); default llamacpp")
+    parser.add_argument("--model", help="what the backend loads: GGUF file, model directory, saved outputs…")
+    parser.add_argument("--prompt", default="glm4-chat", help="prompt style (glm4-chat or plain); default glm4-chat")
+    parser.add_argument("--system", help="system message for chat prompt styles")
+    parser.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
+                        help="backend option, repeatable (see `mentalglm backends`)")
+    parser.add_argument("--batch-size", type=int, default=8, help="posts per backend call (default 8)")
+    parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
+    parser.add_argument("--json", action="store_true", help="JSON on stdout")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``mentalglm`` command."""
+    parser = argparse.ArgumentParser(
+        prog="mentalglm",
+        description="Explainable mental-health analysis of Chinese social-media posts with MentalGLM.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("plugins", help="which plugin provides which task, prompt style and backend")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+    p.set_defaults(func=cmd_plugins)
+
+    p = sub.add_parser("tasks", help="tasks with kind and labels")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+    p.set_defaults(func=cmd_tasks)
+
+    p = sub.add_parser("backends", help="backends and their options")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+    p.set_defaults(func=cmd_backends)
+
+    p = sub.add_parser("analyze", help="label and explain posts")
+    _add_model_arguments(p)
+    p.add_argument("text", nargs="*", metavar="TEXT", help="posts to analyse")
+    p.add_argument("--input", metavar="FILE", help="posts file (.jsonl, .json, .csv, .tsv, .txt) or sample:NAME")
+    p.add_argument("--output", metavar="FILE", help="append predictions to this JSONL file; reruns resume")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("evaluate", help="score a backend on gold-labelled data")
+    _add_model_arguments(p)
+    p.add_argument("--data", required=True, metavar="FILE", help="gold-labelled posts or C-IMHI records, or sample:NAME")
+    p.add_argument("--output-dir", required=True, metavar="DIR",
+                   help="where predictions.jsonl, metrics.json and report.md go; reruns resume")
+    p.set_defaults(func=cmd_evaluate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    warnings.formatwarning = lambda message, category, *rest: f"{message}\n"  # one line, no source echo
+    logging.basicConfig(level=(logging.WARNING, logging.INFO, logging.DEBUG)[min(args.verbose, 2)],
+                        format="mentalglm: %(message)s", stream=sys.stderr)
+    if not args.command:
+        parser.print_help()
+        return 0
+    try:
+        return args.func(args)
+    except MentalGLMError as exc:
+        print(f"mentalglm: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("mentalglm: interrupted; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,1 @@
+"""Model converters (ChatGLM import, LoRA merge, GGUF export); see the converter issue."""

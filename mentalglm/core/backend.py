@@ -1,0 +1,147 @@
+"""The backend contract: prompts in, completions out, with typed options.
+
+A backend is a class registered under a short name (``torch``, ``llamacpp``, ``openai``,
+``replay``). Its options are a pydantic model with ``extra="forbid"``, so a misspelt option
+is an error that lists the valid ones instead of a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import difflib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .errors import OptionsError
+
+
+class BackendOptions(BaseModel):
+    """Options every backend accepts; subclasses add their own fields.
+
+    Attributes:
+        max_new_tokens: upper bound on generated tokens per post.
+        seed: seed for any sampling (greedy decoding ignores it).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_new_tokens: int = 256
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt to complete.
+
+    Attributes:
+        id: the post id (the replay backend looks outputs up by it).
+        prompt: the exact model input rendered by a prompt style.
+        stop: strings that end the completion.
+        max_new_tokens: overrides the backend's option when set.
+    """
+
+    id: str
+    prompt: str
+    stop: tuple[str, ...] = ()
+    max_new_tokens: int | None = None
+
+
+@dataclass
+class Completion:
+    """A backend's answer to one request.
+
+    Attributes:
+        id: the request's id.
+        text: the generated text, without the prompt and without the stop string.
+        usage: token counts (``prompt_tokens``, ``completion_tokens``) where known.
+        finish_reason: ``stop``, ``length`` or ``replay``.
+    """
+
+    id: str
+    text: str
+    usage: dict[str, int] = field(default_factory=dict)
+    finish_reason: str = "stop"
+
+
+class Backend(ABC):
+    """Base class of backends.
+
+    Subclasses set ``name``, ``description``, ``Options`` and ``capabilities`` and implement
+    :meth:`generate`; those that can score labels implement :meth:`score_labels`. Backends
+    holding native or GPU memory release it in :meth:`close`; use them as context managers.
+
+    Args:
+        model: what to load (a directory, a GGUF file, a server model name, a saved-outputs
+            file), or None for backends that need none.
+        options: an ``Options`` instance or a mapping validated into one.
+
+    Raises:
+        OptionsError: the options do not validate.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Options: ClassVar[type[BackendOptions]] = BackendOptions
+    #: What the backend can do: ``generate``, ``score_labels``, ``train``.
+    capabilities: ClassVar[frozenset[str]] = frozenset({"generate"})
+    #: Whether ``model`` must be given.
+    requires_model: ClassVar[bool] = True
+
+    def __init__(self, model: str | None = None, options: BackendOptions | Mapping[str, Any] | None = None):
+        if self.requires_model and not model:
+            raise OptionsError(f"backend '{self.name}' needs a model (--model)")
+        self.model = model
+        self.options = options if isinstance(options, self.Options) else self.parse_options(options or {})
+
+    @classmethod
+    def parse_options(cls, values: Mapping[str, Any]) -> BackendOptions:
+        """Validate raw option values (strings from the command line are converted).
+
+        Raises:
+            OptionsError: an unknown option (with the closest valid name) or a bad value.
+        """
+        known = list(cls.Options.model_fields)
+        for key in values:
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+                hint = f" Did you mean '{close[0]}'?" if close else ""
+                raise OptionsError(f"backend '{cls.name}' has no option '{key}'.{hint} "
+                                   f"Valid options: {', '.join(known)}")
+        try:
+            return cls.Options(**values)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = ".".join(str(part) for part in error["loc"])
+            raise OptionsError(f"backend '{cls.name}' option '{where}': {error['msg']}") from None
+
+    @classmethod
+    def describe(cls) -> dict:
+        """Name, description, capabilities and options (type, default, help) for ``mentalglm backends``."""
+        options = []
+        for key, info in cls.Options.model_fields.items():
+            annotation = info.annotation
+            type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+            default = None if info.is_required() else info.get_default(call_default_factory=True)
+            options.append({"name": key, "type": type_name, "default": default,
+                            "required": info.is_required(), "help": info.description or ""})
+        return {"name": cls.name, "description": cls.description, "requires_model": cls.requires_model,
+                "capabilities": sorted(cls.capabilities), "options": options}
+
+    @abstractmethod
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        """Complete a batch of prompts, one Completion per request, in order."""
+
+    def score_labels(self, prompt: str, candidates: Sequence[str]) -> list[float]:
+        """Log-likelihood of each candidate continuation after ``prompt`` (where supported)."""
+        raise NotImplementedError(f"backend '{self.name}' cannot score labels")
+
+    def close(self) -> None:
+        """Release the model and any native memory; the backend is unusable afterwards."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

@@ -1,0 +1,63 @@
+"""Posts in, predictions out: the records that move through an analysis."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class Post:
+    """One social-media post to analyse.
+
+    Attributes:
+        id: unique within its file; predictions and resumed runs are keyed by it.
+        text: the post itself (never logged at default verbosity).
+        gold: the gold answer when the file has one (labels tuple, or fields for extraction).
+        instruction: the record's own instruction (C-IMHI files), used instead of the task's.
+        line: where the post is in its file, for error messages.
+    """
+
+    id: str
+    text: str
+    gold: Any = None
+    instruction: str | None = None
+    line: int | None = None
+
+
+@dataclass
+class Prediction:
+    """A model's answer for one post: labels, explanation, validity and the raw output.
+
+    Attributes:
+        id: the post's id.
+        task: the task name.
+        labels: canonical labels (empty when invalid).
+        explanation: the model's explanation of its decision.
+        valid: False when no usable answer could be read from ``output``.
+        output: the raw model text, kept so a run can be re-scored (replay backend).
+        problem: why the answer is invalid, or a note on a valid one.
+        fields: extraction tasks: field name → text.
+        gold: the gold answer, when known.
+        truncated: the post was cut to fit the model's context.
+        usage: token counts reported by the backend.
+    """
+
+    id: str
+    task: str
+    labels: list[str]
+    explanation: str
+    valid: bool
+    output: str
+    problem: str | None = None
+    fields: dict[str, str] | None = None
+    gold: Any = None
+    truncated: bool = False
+    usage: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        """A JSON-ready dict; the post text is deliberately not included."""
+        data = asdict(self)
+        if isinstance(self.gold, tuple):
+            data["gold"] = list(self.gold)
+        return data

@@ -1,0 +1,379 @@
+"""Tasks: what to ask the model, which labels exist, how to read its answer, how to score it.
+
+Three kinds cover C-IMHI: ``single-label`` (depression, suicide risk), ``multi-label``
+(cognitive distortions) and ``extraction`` (cognitive pathway: named text fields). Every task
+answers with a label line and an explanation, and parses free model text tolerantly: when
+nothing usable is found the response is *invalid* — kept, counted, never mapped to a default.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
+
+from . import metrics as _metrics
+from .parsing import LABEL_SEPARATORS, LabelMatcher, first_line, fold, normalize, split_sections
+
+#: Header words that introduce the label line, besides the task's own ``label_prefix``.
+LABEL_HEADERS = ("标签", "标注", "类别", "分类", "分类结果", "判断", "判断结果", "预测", "答案", "结论",
+                 "label", "labels", "category", "categories", "class", "prediction", "answer")
+#: Header words that introduce the explanation, besides the task's own ``explanation_prefix``.
+EXPLANATION_HEADERS = ("解释", "理由", "推理", "原因", "分析", "依据", "判断依据", "说明",
+                       "explanation", "reason", "reasons", "reasoning", "rationale", "analysis")
+
+KINDS = ("single-label", "multi-label", "extraction")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+@dataclass(frozen=True)
+class Label:
+    """One label of a classification task.
+
+    Args:
+        name: the canonical label, as gold data and outputs spell it (e.g. ``抑郁``).
+        aliases: other spellings a model may use (English names, variants, negations).
+        description: a short gloss, usually the English name.
+    """
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One text field of an extraction task (e.g. ``信念`` of a cognitive pathway)."""
+
+    name: str
+    aliases: tuple[str, ...] = ()
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ParsedResponse:
+    """What a task read from one model response.
+
+    Attributes:
+        labels: canonical labels found (extraction tasks: the names of non-empty fields).
+        explanation: the explanation text ('' when the model gave none).
+        valid: False when no usable answer was found; such a response scores as wrong.
+        problem: why it is invalid, or a note on a valid one (e.g. unknown extra labels).
+        fields: extraction tasks only: field name → extracted text.
+    """
+
+    labels: tuple[str, ...]
+    explanation: str
+    valid: bool
+    problem: str | None = None
+    fields: Mapping[str, str] | None = None
+
+
+class Task:
+    """Base class of all tasks; subclasses implement parsing, gold reading and metrics.
+
+    Args:
+        name: short name used on the command line (``suicide-risk``).
+        instruction: the Chinese instruction given to the model before the post.
+        description: one line for ``mentalglm tasks``.
+        label_prefix: the header of the label line in the response format (``标签``).
+        explanation_prefix: the header of the explanation (``解释``).
+        primary_metric: the key of :meth:`compute_metrics` shown first in reports.
+        source: where the task was defined (a file path or a module), for ``mentalglm plugins``.
+    """
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, *, name: str, instruction: str, description: str = "", label_prefix: str = "标签",
+                 explanation_prefix: str = "解释", primary_metric: str = "", source: str | None = None):
+        if not _NAME.match(name or ""):
+            raise ValueError(f"task name {name!r} must be letters, digits, '-', '_' or '.'")
+        if not instruction or not instruction.strip():
+            raise ValueError(f"task {name!r} has no instruction")
+        self.name, self.instruction, self.description = name, instruction, description
+        self.label_prefix, self.explanation_prefix = label_prefix, explanation_prefix
+        self.primary_metric, self.source = primary_metric, source
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} ({self.kind})>"
+
+    # -- what subclasses provide -------------------------------------------------------------
+    def parse(self, text: str) -> ParsedResponse:
+        """Read a model response; never raises on odd text, returns an invalid response instead."""
+        raise NotImplementedError
+
+    def gold_from_output(self, output: str) -> Any:
+        """The gold answer stated by a C-IMHI ``output``; raises ValueError when it states none."""
+        raise NotImplementedError
+
+    def gold_from_value(self, value: Any) -> Any:
+        """The gold answer from a post file's ``label`` value; raises ValueError when outside the task."""
+        raise NotImplementedError
+
+    def compute_metrics(self, golds: Sequence[Any], responses: Sequence[ParsedResponse]) -> dict:
+        """All metrics of this task for aligned gold answers and parsed responses."""
+        raise NotImplementedError
+
+    def format_response(self, answer: Any, explanation: str = "") -> str:
+        """The response text in this task's own format (what fine-tuning teaches the model)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """A JSON-ready description for ``mentalglm tasks --json``."""
+        return {"name": self.name, "kind": self.kind, "description": self.description,
+                "primary_metric": self.primary_metric, "instruction": self.instruction}
+
+    # -- shared helpers ----------------------------------------------------------------------
+    def _headers(self) -> dict[str, tuple[str, ...]]:
+        return {"label": (self.label_prefix, *LABEL_HEADERS),
+                "explanation": (self.explanation_prefix, *EXPLANATION_HEADERS)}
+
+
+class ClassificationTask(Task):
+    """A single- or multi-label classification task over a fixed label set.
+
+    Args:
+        labels: the label set, in display order.
+        multi_label: several labels per post (cognitive distortions) instead of exactly one.
+        none_aliases: multi-label only: answers meaning "no label applies" (``无``).
+        report_label_f1: labels whose own F1 is reported as ``f1[label]`` (``高自杀风险``).
+        **kwargs: see :class:`Task`.
+    """
+
+    def __init__(self, *, labels: Sequence[Label], multi_label: bool = False,
+                 none_aliases: Sequence[str] = (), report_label_f1: Sequence[str] = (), **kwargs):
+        kwargs.setdefault("primary_metric", "micro_f1" if multi_label else "weighted_f1")
+        super().__init__(**kwargs)
+        if len(labels) < (1 if multi_label else 2):
+            raise ValueError(f"task {self.name!r} needs at least {1 if multi_label else 2} labels")
+        self.labels = tuple(labels)
+        self.multi_label = multi_label
+        self.none_aliases = tuple(none_aliases)
+        names = [label.name for label in self.labels]
+        if len(set(names)) != len(names):
+            raise ValueError(f"task {self.name!r} lists a label twice")
+        unknown = [name for name in report_label_f1 if name not in names]
+        if unknown:
+            raise ValueError(f"task {self.name!r}: report_label_f1 names unknown labels {unknown}")
+        self.report_label_f1 = tuple(report_label_f1)
+        table = [(label.name, label.name) for label in self.labels]
+        table += [(alias, label.name) for label in self.labels for alias in label.aliases]
+        clashes = {fold(a) for a, l in table if any(fold(a) == fold(b) and l != m for b, m in table)}
+        if clashes:
+            raise ValueError(f"task {self.name!r}: alias {sorted(clashes)[0]!r} names two labels")
+        self.matcher = LabelMatcher.build(table)
+
+    @property
+    def kind(self) -> str:  # type: ignore[override]
+        return "multi-label" if self.multi_label else "single-label"
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """The canonical label names, in display order."""
+        return tuple(label.name for label in self.labels)
+
+    def describe(self) -> dict:
+        """JSON-ready description including the label set and aliases."""
+        info = super().describe()
+        info["labels"] = [{"name": l.name, "description": l.description, "aliases": list(l.aliases)}
+                          for l in self.labels]
+        return info
+
+    def _is_none(self, text: str) -> bool:
+        key = fold(text).strip(" .。!")
+        return any(key == fold(alias) for alias in self.none_aliases)
+
+    def _label_block(self, body: str) -> str:
+        """The label list of a label section: its first line plus following lines made only of labels."""
+        lines = body.split("\n")  # the body is stripped: its first line is the answer line
+        block = [lines[0]]
+        if self.multi_label:
+            for line in lines[1:]:
+                if not line.strip():
+                    continue
+                pieces = [p for p in LABEL_SEPARATORS.split(line) if p.strip()]
+                if pieces and all(self.matcher.lookup(p) for p in pieces):
+                    block.append(line)
+                else:
+                    break
+        return "\n".join(block)
+
+    def parse(self, text: str) -> ParsedResponse:
+        """Read labels and explanation from free model text (see the module docstring)."""
+        norm = normalize(text or "")
+        if not norm.text.strip():
+            return ParsedResponse((), "", False, "empty response")
+        preamble, sections = split_sections(norm.text, self._headers())
+        label_section = next((s for s in sections if s.kind == "label"), None)
+        explained = next((s for s in sections if s.kind == "explanation"), None)
+        if label_section is not None:
+            answer = self._label_block(label_section.body)
+            candidates = [answer]
+            after_answer = (label_section.start + len(answer), label_section.end)
+        else:
+            # No label line: try the answer's first line, then all text before any explanation.
+            answer = first_line(preamble.body)
+            candidates = [answer, preamble.body]
+            after_answer = (preamble.start + len(answer), preamble.end)
+        span = (explained.start, explained.end) if explained is not None else after_answer
+        explanation = norm.original(*span)
+        for candidate in candidates:
+            labels = self.matcher.labels_in(candidate)
+            if self.multi_label and labels:
+                unknown = self.matcher.leftovers(candidate)
+                note = f"unknown labels ignored: {', '.join(unknown)}" if unknown else None
+                return ParsedResponse(tuple(labels), explanation, True, note)
+            if self.multi_label and candidate and self._is_none(candidate):
+                return ParsedResponse((), explanation, True)
+            if not self.multi_label and len(labels) == 1:
+                return ParsedResponse((labels[0],), explanation, True)
+            if len(labels) > 1:
+                return ParsedResponse((), explanation, False,
+                                      f"ambiguous: names several labels ({', '.join(labels)})")
+        if label_section is not None and answer.strip():
+            problem = f"label line names no label of task '{self.name}': {answer.strip()[:40]!r}"
+        else:
+            problem = f"no label of task '{self.name}' found"
+        return ParsedResponse((), explanation, False, problem)
+
+    def _allowed(self) -> str:
+        return ", ".join(self.label_names)
+
+    def gold_from_output(self, output: str) -> tuple[str, ...]:
+        """Gold labels stated by a C-IMHI output; unknown or missing labels raise ValueError."""
+        parsed = self.parse(output)
+        if not parsed.valid:
+            raise ValueError(f"{parsed.problem} (allowed: {self._allowed()})")
+        if parsed.problem:  # multi-label gold with unknown extra labels is a data error
+            raise ValueError(f"{parsed.problem} (allowed: {self._allowed()})")
+        return parsed.labels
+
+    def gold_from_value(self, value: Any) -> tuple[str, ...]:
+        """Gold labels from a ``label`` value: a label name or alias, or (multi-label) a list or joined string."""
+        if isinstance(value, str):
+            pieces = [p for p in LABEL_SEPARATORS.split(value) if p.strip()] if self.multi_label else [value]
+        elif isinstance(value, list) and self.multi_label:
+            pieces = value
+        else:
+            expected = "a label or a list of labels" if self.multi_label else "one label as a string"
+            raise ValueError(f"expected {expected}, got {type(value).__name__}")
+        labels: list[str] = []
+        for piece in pieces:
+            if not isinstance(piece, str):
+                raise ValueError(f"expected label strings, got {type(piece).__name__}")
+            if self.multi_label and self._is_none(piece) and len(pieces) == 1:
+                return ()
+            label = self.matcher.lookup(piece)
+            if label is None:
+                raise ValueError(f"'{piece.strip()}' is not a label of task '{self.name}' (allowed: {self._allowed()})")
+            if label not in labels:
+                labels.append(label)
+        if not labels and not self.multi_label:
+            raise ValueError(f"empty label (allowed: {self._allowed()})")
+        return tuple(labels)
+
+    def format_response(self, answer: Sequence[str], explanation: str = "") -> str:
+        """``标签：A、B`` then ``解释：…`` — the format the instruction asks for."""
+        labels = "、".join(answer) if answer else (self.none_aliases[0] if self.none_aliases else "")
+        text = f"{self.label_prefix}：{labels}"
+        return f"{text}\n{self.explanation_prefix}：{explanation}" if explanation else text
+
+    def compute_metrics(self, golds, responses) -> dict:
+        """Classification metrics from scikit-learn; invalid responses count as wrong."""
+        if self.multi_label:
+            predicted = [r.labels if r.valid else () for r in responses]
+            return _metrics.multi_label_metrics(golds, predicted, self.label_names,
+                                                [not r.valid for r in responses])
+        predicted = [r.labels[0] if r.valid else _metrics.INVALID for r in responses]
+        return _metrics.single_label_metrics([g[0] for g in golds], predicted, self.label_names,
+                                             self.report_label_f1)
+
+
+class ExtractionTask(Task):
+    """A task that extracts named text fields (the parts of a cognitive pathway).
+
+    A response is valid when it fills at least one field; missing fields score as empty.
+    Scored with character-level ROUGE-L F1 per field, averaged over fields and posts.
+
+    Args:
+        fields: the fields, in the order the response format lists them.
+        empty_values: values that mean "nothing to extract" (``无``); they are kept as written.
+        **kwargs: see :class:`Task`.
+    """
+
+    kind = "extraction"
+
+    def __init__(self, *, fields: Sequence[Field], empty_values: Sequence[str] = ("无",), **kwargs):
+        kwargs.setdefault("primary_metric", "rouge_l")
+        super().__init__(**kwargs)
+        if not fields:
+            raise ValueError(f"task {self.name!r} needs at least one field")
+        self.fields = tuple(fields)
+        self.empty_values = tuple(empty_values)
+
+    @property
+    def field_names(self) -> tuple[str, ...]:
+        """The field names, in response order."""
+        return tuple(f.name for f in self.fields)
+
+    def describe(self) -> dict:
+        """JSON-ready description including the fields."""
+        info = super().describe()
+        info["fields"] = [{"name": f.name, "description": f.description, "aliases": list(f.aliases)}
+                          for f in self.fields]
+        return info
+
+    def _headers(self) -> dict[str, tuple[str, ...]]:
+        headers = {f.name: (f.name, *f.aliases) for f in self.fields}
+        headers["explanation"] = (self.explanation_prefix, *EXPLANATION_HEADERS)
+        return headers
+
+    def parse(self, text: str) -> ParsedResponse:
+        """Read each field's text; invalid when the response names none of the fields."""
+        norm = normalize(text or "")
+        if not norm.text.strip():
+            return ParsedResponse((), "", False, "empty response", {})
+        _, sections = split_sections(norm.text, self._headers())
+        values = {s.kind: " ".join(norm.original(s.start, s.end).split()) for s in sections if s.kind != "explanation"}
+        explanation = next((norm.original(s.start, s.end) for s in sections if s.kind == "explanation"), "")
+        if not values:
+            return ParsedResponse((), explanation, False,
+                                  f"none of the fields {', '.join(self.field_names)} found", {})
+        fields = {name: values.get(name, "") for name in self.field_names}
+        filled = tuple(name for name in self.field_names if fields[name])
+        return ParsedResponse(filled, explanation, True, None, fields)
+
+    def gold_from_output(self, output: str) -> dict[str, str]:
+        """Gold fields from a C-IMHI output; every field must be present."""
+        parsed = self.parse(output)
+        if not parsed.valid:
+            raise ValueError(parsed.problem)
+        missing = [name for name in self.field_names if not parsed.fields[name]]
+        if missing:
+            raise ValueError(f"missing fields {', '.join(missing)} (write '{self.empty_values[0]}' for none)")
+        return dict(parsed.fields)
+
+    def gold_from_value(self, value: Any) -> dict[str, str]:
+        """Gold fields from a ``label`` object mapping field names to text."""
+        if not isinstance(value, dict):
+            raise ValueError(f"expected an object with fields {', '.join(self.field_names)}")
+        unknown = [k for k in value if k not in self.field_names]
+        missing = [k for k in self.field_names if not isinstance(value.get(k), str)]
+        if unknown or missing:
+            bad = unknown or missing
+            raise ValueError(f"{'unknown' if unknown else 'missing'} fields {', '.join(bad)} "
+                             f"(expected: {', '.join(self.field_names)})")
+        return {k: value[k] for k in self.field_names}
+
+    def format_response(self, answer: Mapping[str, str], explanation: str = "") -> str:
+        """One ``field：text`` line per field, then the explanation."""
+        lines = [f"{name}：{answer.get(name) or self.empty_values[0]}" for name in self.field_names]
+        if explanation:
+            lines.append(f"{self.explanation_prefix}：{explanation}")
+        return "\n".join(lines)
+
+    def compute_metrics(self, golds, responses) -> dict:
+        """Character-level ROUGE-L per field; invalid responses score 0."""
+        predicted = [dict(r.fields or {}) if r.valid else {} for r in responses]
+        return _metrics.extraction_metrics(golds, predicted, self.field_names,
+                                           [not r.valid for r in responses])
