@@ -137,3 +137,24 @@ def test_format_response_round_trips(tasks):
     pathway = tasks["cognitive-pathway"]
     fields = {"诱发事件": "被批评", "信念": "我很差", "结果": "哭了", "反驳": ""}
     assert pathway.gold_from_output(pathway.format_response(fields)) == {**fields, "反驳": "无"}
+
+
+@pytest.mark.parametrize("task_name, text, labels", [
+    ("suicide-risk", "标签：不属于高自杀风险\n解释：没有计划。", ("低自杀风险",)),
+    ("suicide-risk", "Label: not high risk", ("低自杀风险",)),
+    ("suicide-risk", "标签：并非低自杀风险", ("高自杀风险",)),
+    ("depression", "标签：无明显抑郁", ("非抑郁",)),
+    ("depression", "标签：不存在抑郁", ("非抑郁",)),
+    ("depression", "标签：并非抑郁", ("非抑郁",)),
+    ("depression", "标签：轻度抑郁", ("抑郁",)),
+    ("cognitive-distortion", "标签：不是读心术，而是先知错误", ("先知错误",)),
+])
+def test_negated_mentions_are_not_labels(tasks, task_name, text, labels):
+    parsed = tasks[task_name].parse(text)
+    assert parsed.valid and parsed.labels == labels
+
+
+def test_negation_does_not_leak_across_clauses(tasks):
+    assert tasks["depression"].parse("标签：抑郁").labels == ("抑郁",)
+    assert tasks["depression"].parse("标签：非抑郁").labels == ("非抑郁",)
+    assert tasks["suicide-risk"].parse("标签：高自杀风险（不容忽视）").labels == ("高自杀风险",)

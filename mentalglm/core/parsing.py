@@ -15,6 +15,9 @@ from typing import Iterable, Sequence
 #: Separators between labels in a multi-label answer (after NFKC, so full-width forms are folded).
 LABEL_SEPARATORS = re.compile(r"[、,;/|\n]+|\s+(?:和|及|以及|与|and|&)\s+|(?<=[\u4e00-\u9fff])(?:和|以及|及|与)(?=[\u4e00-\u9fff])")
 
+#: A negation just before a label mention, within its clause (text is folded: lower case, NFKC).
+_NEGATION = re.compile(r"(?:不|没有|没|无|未|并非|不是|不属于|不存在|排除|not|no|non|isn't|is not)[ -]?"
+                       r"(?:明显的?|明确的?|属于|存在|具有|有|表现出|a |an |the |really |clearly )?$")
 _MARKDOWN_INLINE = re.compile(r"\*\*|__|`+|~~")
 _LINE_DECORATION = re.compile(r"^[ \t]*(?:#{1,6}[ \t]*|>[ \t]*|[-*+•·][ \t]+|\d{1,2}[.)][ \t]+|【[ \t]*|\[[ \t]*)?")
 _TRAILING_BRACKET = re.compile(r"[ \t]*[】\]][ \t]*(?=[:\n]|$)", re.M)
@@ -129,11 +132,19 @@ class LabelMatcher:
                     taken.append((start, end, label))
         return sorted(taken)
 
-    def labels_in(self, text: str) -> list[str]:
-        """Distinct labels mentioned in ``text``, in order of first mention."""
+    def labels_in(self, text: str, negated: bool = False) -> list[str]:
+        """Distinct labels mentioned in ``text``, in order of first mention.
+
+        A mention right after a negation (``不属于高自杀风险``, ``not high risk``) is not a
+        mention of that label; with ``negated=True`` only such negated mentions are returned.
+        """
+        folded = fold(text) if text else ""
         seen: list[str] = []
-        for _, _, label in self.find(text):
-            if label not in seen:
+        for start, _, label in self.find(text):
+            if _NEGATION.search(folded[max(0, start - 8):start]) is not None and label not in seen:
+                if negated:
+                    seen.append(label)
+            elif not negated and label not in seen:
                 seen.append(label)
         return seen
 

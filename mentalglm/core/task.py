@@ -227,6 +227,12 @@ class ClassificationTask(Task):
                 return ParsedResponse((), explanation, True)
             if not self.multi_label and len(labels) == 1:
                 return ParsedResponse((labels[0],), explanation, True)
+            if not self.multi_label and not labels and len(self.labels) == 2:
+                # A binary task answered by negating one label ("不属于高自杀风险") means the other.
+                negated = self.matcher.labels_in(candidate, negated=True)
+                if len(negated) == 1:
+                    other = next(name for name in self.label_names if name != negated[0])
+                    return ParsedResponse((other,), explanation, True, f"read from the negation of {negated[0]}")
             if len(labels) > 1:
                 return ParsedResponse((), explanation, False,
                                       f"ambiguous: names several labels ({', '.join(labels)})")
