@@ -26,3 +26,30 @@ def pm():
 def tasks():
     """The built-in tasks by name."""
     return PluginManager().tasks()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory):
+    """Tiny GLM models (``glm``, ``glm4``, ``chatglm`` layout), built once per session."""
+    pytest.importorskip("torch", reason="the model tests need the torch extra")
+    from models import build_models
+
+    return build_models(tmp_path_factory.mktemp("tiny-models"))
+
+
+@pytest.fixture(scope="session")
+def exported(tiny_models, tmp_path_factory):
+    """``exported(model, outtype)`` → path of that tiny model's GGUF, exported once per session."""
+    pytest.importorskip("llama_cpp", reason="the GGUF tests need the llamacpp extra")
+    from mentalglm.converters.gguf_export import export_gguf
+
+    folder = tmp_path_factory.mktemp("gguf")
+    cache: dict = {}
+
+    def get(model: str, outtype: str):
+        key = (model, outtype)
+        if key not in cache:
+            cache[key] = export_gguf(tiny_models[model], folder / f"{model}-{outtype}.gguf", outtype=outtype).path
+        return cache[key]
+
+    return get
