@@ -18,12 +18,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from mentalglm.converters.safetensors_reader import checkpoint_files
 from mentalglm.core.errors import MentalGLMError
 
 __all__ = ["is_chatglm_layout", "import_chatglm", "tokenizer_json_from_tiktoken", "TensorSource", "ShardWriter"]
 
 _INDEX = "model.safetensors.index.json"
-_PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.bin.index.json")
 _DTYPE_NAMES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
                 "half": "float16", "bfloat16": "bfloat16", "bf16": "bfloat16"}
 # GLM-4's remote tokenizer class numbers these after the tiktoken ranks when a
@@ -52,28 +52,12 @@ class TensorSource:
         from safetensors import safe_open
 
         self.dir = Path(model_dir)
+        files = checkpoint_files(self.dir)
         index = self.dir / _INDEX
-        if index.exists():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise MentalGLMError(f"{index}: broken safetensors index ({exc})") from None
-            files = sorted({self.dir / name for name in weight_map.values()})
-            self.where = str(index)
-        else:
-            files = sorted(self.dir.glob("*.safetensors"))
-            self.where = str(files[0]) if len(files) == 1 else str(self.dir)
-        if not files:
-            pickles = sorted(p for pattern in _PICKLE_PATTERNS for p in self.dir.glob(pattern))
-            if pickles:
-                raise MentalGLMError(f"{pickles[0]}: pickle checkpoints are not loaded for safety; "
-                                     "convert to safetensors")
-            raise MentalGLMError(f"{self.dir}: no *.safetensors weights found")
+        self.where = str(index if index.exists() else files[0] if len(files) == 1 else self.dir)
         self._handles: dict[Path, Any] = {}
         self._file_of: dict[str, Path] = {}
         for path in files:
-            if not path.exists():
-                raise MentalGLMError(f"{path}: listed in {index} but missing")
             try:
                 handle = safe_open(str(path), framework="pt")
             except Exception as exc:  # safetensors raises its own error types

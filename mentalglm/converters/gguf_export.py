@@ -89,15 +89,8 @@ def _plan(spec: GLMSpec, checkpoint: SafetensorsCheckpoint) -> list[tuple[str, s
     return plan
 
 
-def _write_metadata(writer, spec: GLMSpec, model_dir: Path, outtype: str, name: str, adapter: str | None,
-                    label: str) -> None:
-    import gguf
-
-    from mentalglm import __version__
-
-    vocab = read_vocab(model_dir, spec.vocab_size)
-    writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(name)
+def add_shape_metadata(writer, spec: GLMSpec) -> None:
+    """The hyper-parameters llama.cpp builds the model from (``{arch}.*`` keys)."""
     writer.add_context_length(spec.context_length)
     writer.add_embedding_length(spec.hidden_size)
     writer.add_feed_forward_length(spec.ffn_size)
@@ -109,6 +102,18 @@ def _write_metadata(writer, spec: GLMSpec, model_dir: Path, outtype: str, name: 
     writer.add_layer_norm_rms_eps(spec.rms_eps)
     writer.add_rope_dimension_count(spec.rope_dim)
     writer.add_rope_freq_base(spec.rope_base)
+
+
+def _write_metadata(writer, spec: GLMSpec, model_dir: Path, outtype: str, name: str, adapter: str | None,
+                    label: str) -> None:
+    import gguf
+
+    from mentalglm import __version__
+
+    vocab = read_vocab(model_dir, spec.vocab_size)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(name)
+    add_shape_metadata(writer, spec)
     writer.add_vocab_size(spec.vocab_size)
     writer.add_file_type(_file_type(outtype))
     if outtype != "f32":

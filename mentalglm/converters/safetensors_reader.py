@@ -65,6 +65,35 @@ def _read_header(path: Path) -> dict[str, TensorEntry]:
     return entries
 
 
+def checkpoint_files(model_dir: str | Path) -> list[Path]:
+    """The safetensors files of a model directory: the shards its index lists, or every ``*.safetensors``.
+
+    Raises:
+        MentalGLMError: no safetensors files (pickle ``.bin``/``.pt`` checkpoints are refused
+            for safety: loading them can run code), a broken index, or a listed shard missing.
+    """
+    model_dir = Path(model_dir)
+    index = model_dir / _INDEX
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted({model_dir / name for name in weight_map.values()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise MentalGLMError(f"{index}: broken safetensors index ({exc})") from None
+    else:
+        files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p for pattern in ("*.bin", "*.pt", "*.pth") for p in model_dir.glob(pattern))
+        if pickles:
+            raise MentalGLMError(f"{pickles[0]}: pickle checkpoints are not loaded for safety; "
+                                 "convert them to safetensors first")
+        raise MentalGLMError(f"{model_dir}: no *.safetensors weights found")
+    missing = [path for path in files if not path.exists()]
+    if missing:
+        raise MentalGLMError(f"{missing[0]}: listed in {_INDEX} but missing")
+    return files
+
+
 class SafetensorsCheckpoint:
     """All tensors of a model directory (one ``*.safetensors`` file or an indexed set of shards).
 
@@ -78,25 +107,8 @@ class SafetensorsCheckpoint:
 
     def __init__(self, model_dir: str | Path):
         self.dir = Path(model_dir)
-        index = self.dir / _INDEX
-        if index.exists():
-            try:
-                weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            except (OSError, ValueError, KeyError) as exc:
-                raise MentalGLMError(f"{index}: broken safetensors index ({exc})") from None
-            files = sorted({self.dir / f for f in weight_map.values()})
-        else:
-            files = sorted(self.dir.glob("*.safetensors"))
-        if not files:
-            pickles = sorted(self.dir.glob("*.bin")) + sorted(self.dir.glob("*.pt")) + sorted(self.dir.glob("*.pth"))
-            if pickles:
-                raise MentalGLMError(f"{pickles[0]}: pickle checkpoints are not loaded for safety; "
-                                     "convert them to safetensors first")
-            raise MentalGLMError(f"{self.dir}: no *.safetensors weights found")
         self.entries: dict[str, TensorEntry] = {}
-        for path in files:
-            if not path.exists():
-                raise MentalGLMError(f"{path}: listed in {_INDEX} but missing")
+        for path in checkpoint_files(self.dir):
             self.entries.update(_read_header(path))
 
     def __contains__(self, name: str) -> bool:
@@ -140,7 +152,7 @@ class SafetensorsCheckpoint:
             data = data.astype(np.float32)
         return data.reshape(out_shape)
 
-    def row_blocks(self, name: str, max_bytes: int = 16 << 20) -> Iterator[tuple[slice, np.ndarray]]:
+    def row_blocks(self, name: str, max_bytes: int = 8 << 20) -> Iterator[tuple[slice, np.ndarray]]:
         """Yield (row slice, float32 block) pairs covering tensor ``name`` in at most ~max_bytes blocks."""
         entry = self.entry(name)
         if len(entry.shape) < 2:

@@ -42,22 +42,13 @@ def _tensor_bytes(shape: tuple[int, ...], kind) -> int:
 def _k_quant_types(spec: GLMSpec, outtype: str) -> dict[str, object]:
     import gguf
 
-    from mentalglm.converters.gguf_export import _k_quantize
+    from mentalglm.converters.gguf_export import _k_quantize, add_shape_metadata
 
     shapes = spec.gguf_shapes()
     with tempfile.TemporaryDirectory(prefix="mentalglm-sizing-") as folder:
         skeleton, quantized = Path(folder) / "skeleton.gguf", Path(folder) / "quantized.gguf"
         writer = gguf.GGUFWriter(skeleton, spec.arch)
-        writer.add_context_length(spec.context_length)
-        writer.add_embedding_length(spec.hidden_size)
-        writer.add_feed_forward_length(spec.ffn_size)
-        writer.add_block_count(spec.n_layers)
-        writer.add_head_count(spec.n_heads)
-        writer.add_head_count_kv(spec.n_kv_heads)
-        writer.add_key_length(spec.head_dim)
-        writer.add_value_length(spec.head_dim)
-        writer.add_layer_norm_rms_eps(spec.rms_eps)
-        writer.add_rope_dimension_count(spec.rope_dim)
+        add_shape_metadata(writer, spec)
         writer.add_file_type(gguf.LlamaFileType.ALL_F32)
         for name, shape in shapes.items():
             # Two rows keep a matrix a matrix (one row would count as a vector and stay f32).
