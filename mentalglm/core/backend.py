@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from .constraint import ResponseFormat
 from .errors import OptionsError
 
 
@@ -37,15 +38,19 @@ class GenerationRequest:
 
     Attributes:
         id: the post id (the replay backend looks outputs up by it).
-        prompt: the exact model input rendered by a prompt style.
+        prompt: the exact model input rendered by a prompt style (GLM-4 prompts start with
+            ``[gMASK]<sop>``: tokenize with special tokens and without adding a BOS).
         stop: strings that end the completion.
         max_new_tokens: overrides the backend's option when set.
+        response_format: the task's answer format; backends whose ``constrained`` option is on
+            decode only answers of that format (GBNF in llama.cpp, a byte-prefix test in torch).
     """
 
     id: str
     prompt: str
     stop: tuple[str, ...] = ()
     max_new_tokens: int | None = None
+    response_format: ResponseFormat | None = None
 
 
 @dataclass
@@ -88,6 +93,8 @@ class Backend(ABC):
     capabilities: ClassVar[frozenset[str]] = frozenset({"generate"})
     #: Whether ``model`` must be given.
     requires_model: ClassVar[bool] = True
+    #: Whether post text is PII-redacted by default before it reaches this backend (remote servers).
+    redacts_by_default: ClassVar[bool] = False
 
     def __init__(self, model: str | None = None, options: BackendOptions | Mapping[str, Any] | None = None):
         if self.requires_model and not model:
@@ -134,8 +141,22 @@ class Backend(ABC):
         """Complete a batch of prompts, one Completion per request, in order."""
 
     def score_labels(self, prompt: str, candidates: Sequence[str]) -> list[float]:
-        """Log-likelihood of each candidate continuation after ``prompt`` (where supported)."""
+        """Log-likelihood of each candidate continuation after ``prompt`` (where supported).
+
+        ``prompt`` and each candidate are tokenized separately and their ids concatenated
+        (as lm-evaluation-harness does), and the log-probabilities of the candidate's tokens
+        are summed, so every backend scores exactly the same token sequence.
+        """
         raise NotImplementedError(f"backend '{self.name}' cannot score labels")
+
+    def token_count(self, text: str) -> int | None:
+        """Tokens in ``text`` as this backend's model counts them (special tokens parsed), or None if unknown."""
+        return None
+
+    @property
+    def context_length(self) -> int | None:
+        """The context window the model runs with, or None if unknown."""
+        return None
 
     def close(self) -> None:
         """Release the model and any native memory; the backend is unusable afterwards."""

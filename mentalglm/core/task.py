@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
 from . import metrics as _metrics
+from .constraint import ResponseFormat
 from .parsing import LABEL_SEPARATORS, LabelMatcher, first_line, fold, normalize, split_sections
 
 #: Header words that introduce the label line, besides the task's own ``label_prefix``.
@@ -118,6 +119,10 @@ class Task:
         """The response text in this task's own format (what fine-tuning teaches the model)."""
         raise NotImplementedError
 
+    def response_format(self):
+        """The constrained answer format (:class:`~mentalglm.core.constraint.ResponseFormat`) for decoding."""
+        raise NotImplementedError
+
     def describe(self) -> dict:
         """A JSON-ready description for ``mentalglm tasks --json``."""
         return {"name": self.name, "kind": self.kind, "description": self.description,
@@ -178,6 +183,12 @@ class ClassificationTask(Task):
         info["labels"] = [{"name": l.name, "description": l.description, "aliases": list(l.aliases)}
                           for l in self.labels]
         return info
+
+    def response_format(self) -> ResponseFormat:
+        """``标签：`` + one label (or labels joined by ``、``, or the none answer) + ``\n解释：`` + free text."""
+        none = self.none_aliases[0] if self.multi_label and self.none_aliases else None
+        return ResponseFormat(self.kind, labels=self.label_names, none_label=none, label_prefix=self.label_prefix,
+                              explanation_prefix=self.explanation_prefix)
 
     def _is_none(self, text: str) -> bool:
         key = fold(text).strip(" .。!")
@@ -328,6 +339,10 @@ class ExtractionTask(Task):
         info["fields"] = [{"name": f.name, "description": f.description, "aliases": list(f.aliases)}
                           for f in self.fields]
         return info
+
+    def response_format(self) -> ResponseFormat:
+        """One ``field：text`` line per field, then ``\n解释：`` + free text."""
+        return ResponseFormat(self.kind, fields=self.field_names, explanation_prefix=self.explanation_prefix)
 
     def _headers(self) -> dict[str, tuple[str, ...]]:
         headers = {f.name: (f.name, *f.aliases) for f in self.fields}
