@@ -117,7 +117,8 @@ def _analyzer(args):
     from mentalglm.core.analyzer import Analyzer
 
     return Analyzer(task=args.task, backend=args.backend, model=args.model, prompt=args.prompt,
-                    options=_parse_options(args.option), system=args.system, batch_size=args.batch_size)
+                    options=_parse_options(args.option), system=args.system, batch_size=args.batch_size,
+                    mode=args.mode, explain=not args.no_explain, redact=args.redact)
 
 
 def _print_prediction(prediction) -> None:
@@ -283,6 +284,14 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
                         help="backend option, repeatable (see `mentalglm backends`)")
     parser.add_argument("--batch-size", type=int, default=8, help="posts per backend call (default 8)")
+    parser.add_argument("--mode", choices=["generate", "score"], default="generate",
+                        help="generate the answer, or (single-label tasks) pick the label by log-likelihood")
+    parser.add_argument("--no-explain", action="store_true", help="score mode: skip generating the explanation")
+    redact = parser.add_mutually_exclusive_group()
+    redact.add_argument("--redact", dest="redact", action="store_true", default=None,
+                        help="redact phone numbers, e-mails, URLs, @mentions, ID numbers before the backend sees posts "
+                             "(default: on for the openai backend only)")
+    redact.add_argument("--no-redact", dest="redact", action="store_false", help="never redact")
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     parser.add_argument("--json", action="store_true", help="JSON on stdout")
 

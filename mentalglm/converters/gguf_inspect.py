@@ -13,7 +13,8 @@ SHAPE_KEYS = ("context_length", "embedding_length", "feed_forward_length", "bloc
               "attention.layer_norm_rms_epsilon", "rope.dimension_count", "rope.freq_base")
 
 
-def _value(field):
+def field_value(field):
+    """The Python value of a GGUFReader field (strings decoded, arrays as lists)."""
     import gguf
 
     if not field.types:
@@ -45,7 +46,7 @@ def inspect_gguf(path: str | Path) -> dict:
     fields = {name: field for name, field in reader.fields.items()}
 
     def get(key, default=None):
-        return _value(fields[key]) if key in fields else default
+        return field_value(fields[key]) if key in fields else default
 
     arch = get("general.architecture")
     types = Counter(t.tensor_type.name for t in reader.tensors)

@@ -13,11 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from .backend import Backend, BackendOptions, GenerationRequest
+from .constraint import COLON
 from .data import JsonlAppender, read_done
+from .errors import MentalGLMError
 from .plugins import PluginManager, get_plugin_manager
 from .prediction import Post, Prediction
 from .prompt import PromptStyle
@@ -38,20 +41,28 @@ class RunSummary:
 
 
 class _Progress:
-    """A one-line counter on stderr, shown only on a terminal."""
+    """A progress bar on stderr, drawn only on a terminal: done/total, rate and time left."""
+
+    WIDTH = 24
 
     def __init__(self, total: int, enabled: bool | None):
-        self.total, self.done = total, 0
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.total, self.done, self.started = total, 0, time.monotonic()
+        self.enabled = bool(total) and (sys.stderr.isatty() if enabled is None else enabled)
 
     def advance(self, n: int) -> None:
         self.done += n
-        if self.enabled:
-            sys.stderr.write(f"\ranalysing {self.done}/{self.total}")
-            sys.stderr.flush()
+        if not self.enabled:
+            return
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        rate = self.done / elapsed
+        left = (self.total - self.done) / rate if rate else 0.0
+        filled = int(self.WIDTH * self.done / self.total)
+        sys.stderr.write(f"\ranalysing [{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total} "
+                         f"{rate:.2f} posts/s, {left:.0f} s left ")
+        sys.stderr.flush()
 
     def finish(self) -> None:
-        if self.enabled and self.total:
+        if self.enabled:
             sys.stderr.write("\n")
 
 
@@ -67,6 +78,13 @@ class Analyzer:
         options: backend options (mapping or the backend's Options model).
         system: an optional system message for chat prompt styles.
         batch_size: posts per backend call.
+        mode: ``generate`` (the model writes label line and explanation) or ``score``
+            (single-label tasks: the label with the highest log-likelihood after ``标签：``
+            wins, no free generation for the label).
+        explain: in ``score`` mode, also generate the explanation conditioned on the chosen label.
+        redact: replace phone numbers, e-mail addresses, URLs, @mentions and ID-card numbers
+            before text reaches the backend; default: on for backends that send text away
+            (``openai``), off for local ones.
         plugins: the plugin manager to resolve names with (the process-wide one by default).
 
     Raises:
@@ -76,33 +94,98 @@ class Analyzer:
 
     def __init__(self, task: Task | str, backend: Backend | str = "llamacpp", model: str | None = None, *,
                  prompt: PromptStyle | str = "glm4-chat", options: BackendOptions | Mapping[str, Any] | None = None,
-                 system: str | None = None, batch_size: int = 8, plugins: PluginManager | None = None):
+                 system: str | None = None, batch_size: int = 8, mode: str = "generate", explain: bool = True,
+                 redact: bool | None = None, plugins: PluginManager | None = None):
         self.plugins = plugins or get_plugin_manager()
         self.task = self.plugins.task(task) if isinstance(task, str) else task
         self.prompt = self.plugins.prompt(prompt) if isinstance(prompt, str) else prompt
         if batch_size < 1:
-            raise ValueError("batch_size must be at least 1")
-        self.batch_size, self.system = batch_size, system
+            raise MentalGLMError("batch size must be at least 1")
+        if mode not in ("generate", "score"):
+            raise MentalGLMError(f"unknown mode '{mode}'; use generate or score")
+        if mode == "score" and getattr(self.task, "kind", "") != "single-label":
+            raise MentalGLMError(f"score mode needs a single-label task; '{self.task.name}' is {self.task.kind}")
+        self.batch_size, self.system, self.mode, self.explain = batch_size, system, mode, explain
         if isinstance(backend, str):
             self.backend = self.plugins.backend_class(backend)(model, options)
             self._owns_backend = True
         else:
             self.backend, self._owns_backend = backend, False
+        if mode == "score" and "score_labels" not in self.backend.capabilities:
+            raise MentalGLMError(f"backend '{self.backend.name}' cannot score labels; use --mode generate")
+        self.redact = self.backend.redacts_by_default if redact is None else redact
+        self._format = self.task.response_format()
 
     def render(self, post: Post) -> str:
         """The exact model input for ``post`` (its own C-IMHI instruction if it has one)."""
         return self.prompt.render(post.instruction or self.task.instruction, post.text, self.system)
 
+    def _prepare(self, post: Post) -> tuple[Post, str, dict]:
+        """Redact and fit ``post``: the post as sent, its prompt, and flags for the record."""
+        flags: dict = {}
+        if self.redact:
+            from .redaction import redact
+
+            redacted = redact(post.text)
+            post = replace(post, text=redacted.text)
+            flags["redactions"] = {k: v for k, v in redacted.counts.items() if v}
+        prompt = self.render(post)
+        limit = self.backend.context_length
+        # One spare position: llama.cpp evaluates the last sampled token too.
+        budget = limit - self.backend.options.max_new_tokens - 1 if limit else None
+        if budget is not None and self.backend.token_count(prompt) > budget:
+            post, prompt = self._truncate(post, budget)
+            flags["truncated"] = True
+            log.warning("post %s is too long for the context (%d tokens with the answer); truncated", post.id, limit)
+        return post, prompt, flags
+
+    def _truncate(self, post: Post, budget: int) -> tuple[Post, str]:
+        """The longest head of the post whose prompt fits ``budget`` tokens (binary search on characters)."""
+        low, high = 0, len(post.text)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if self.backend.token_count(self.render(replace(post, text=post.text[:middle]))) <= budget:
+                low = middle
+            else:
+                high = middle - 1
+        if low == 0:
+            raise MentalGLMError(f"the instruction alone does not fit the model's context of {self.backend.context_length} "
+                                 "tokens; raise n_ctx or lower max_new_tokens")
+        cut = replace(post, text=post.text[:low])
+        return cut, self.render(cut)
+
     def _predictions(self, posts: Sequence[Post]) -> list[Prediction]:
-        requests = [GenerationRequest(id=p.id, prompt=self.render(p), stop=self.prompt.stop) for p in posts]
-        completions = self.backend.generate(requests)
+        prepared = [self._prepare(p) for p in posts]
+        if self.mode == "score":
+            outputs = [self._score(p, prompt) for p, prompt, _ in prepared]
+        else:
+            requests = [GenerationRequest(id=p.id, prompt=prompt, stop=self.prompt.stop, response_format=self._format)
+                        for p, prompt, _ in prepared]
+            outputs = [(c.text, dict(c.usage), None) for c in self.backend.generate(requests)]
         predictions = []
-        for post, completion in zip(posts, completions):
-            prediction = self.predict_from_output(post, completion.text)
-            prediction.usage = dict(completion.usage)
+        for post, (_, _, flags), (text, usage, scores) in zip(posts, prepared, outputs):
+            prediction = self.predict_from_output(post, text)
+            prediction.usage, prediction.scores = usage, scores
+            prediction.truncated = bool(flags.get("truncated"))
+            prediction.redactions = flags.get("redactions") or {}
             self.plugins.hook.on_prediction(prediction=prediction, task=self.task)
             predictions.append(prediction)
         return predictions
+
+    def _score(self, post: Post, prompt: str) -> tuple[str, dict, dict]:
+        """Label by log-likelihood after the label header; the explanation is generated for that label."""
+        head = f"{self.task.label_prefix}{COLON}"
+        labels = list(self.task.label_names)
+        scores = dict(zip(labels, self.backend.score_labels(prompt + head, labels)))
+        best = max(labels, key=scores.get)
+        answer = f"{head}{best}"
+        usage: dict = {}
+        if self.explain:
+            lead = f"{answer}\n{self.task.explanation_prefix}{COLON}"
+            completion = self.backend.generate([GenerationRequest(id=post.id, prompt=prompt + lead,
+                                                                  stop=self.prompt.stop)])[0]
+            answer, usage = lead + completion.text, dict(completion.usage)
+        return answer, usage, scores
 
     def predict_from_output(self, post: Post, output: str) -> Prediction:
         """Parse a model output for ``post`` into a Prediction (no backend call)."""

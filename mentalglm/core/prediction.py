@@ -41,6 +41,8 @@ class Prediction:
         gold: the gold answer, when known.
         truncated: the post was cut to fit the model's context.
         usage: token counts reported by the backend.
+        scores: score mode: each label's log-likelihood.
+        redactions: how many phone numbers, e-mails, … were redacted before the backend saw the post.
     """
 
     id: str
@@ -54,6 +56,8 @@ class Prediction:
     gold: Any = None
     truncated: bool = False
     usage: dict[str, int] = field(default_factory=dict)
+    scores: dict[str, float] | None = None
+    redactions: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """A JSON-ready dict; the post text is deliberately not included."""

@@ -9,3 +9,4 @@ from mentalglm.core.hookspecs import hookimpl
 def register_backends(register):
     """Register the backends shipped with mentalglm."""
     register("replay", "mentalglm.backends.replay:ReplayBackend")
+    register("llamacpp", "mentalglm.backends.llamacpp_backend:LlamaCppBackend")

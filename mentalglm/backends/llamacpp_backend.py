@@ -1,0 +1,195 @@
+"""The ``llamacpp`` backend: GGUF models through llama-cpp-python, on CPU or with CUDA offload.
+
+- Offload: ``n_gpu_layers`` (a count, or -1 for all) or ``gpu_memory`` (``6GiB``), from which
+  the layer count is computed with the file's own tensor sizes and the KV cache at ``n_ctx``.
+- Grammar-constrained output: the task's answer format as GBNF, so labels are always valid;
+  the explanation is free text bounded by ``max_new_tokens``.
+- Prompt-prefix reuse: consecutive prompts share the task instruction, and llama.cpp's KV cache
+  keeps it: only the new part of each prompt is evaluated (``prefix_cache=false`` turns it off).
+- llama.cpp's C logs go to Python logging (``mentalglm -vv`` shows them), native memory is
+  freed by :meth:`close`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Literal, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from mentalglm.core.backend import Backend, BackendOptions, Completion, GenerationRequest
+from mentalglm.core.errors import MentalGLMError, OptionsError
+
+log = logging.getLogger(__name__)
+
+_CACHE_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
+
+
+class LlamaCppOptions(BackendOptions):
+    """Options of the llamacpp backend, grouped by concern."""
+
+    # where the model runs
+    n_gpu_layers: int = Field(0, description="layers to offload to the GPU; -1 = all (needs a CUDA build)")
+    gpu_memory: str | None = Field(None, description="GPU-memory budget such as 6GiB; picks n_gpu_layers itself")
+    n_threads: int | None = Field(None, description="CPU threads (default: all cores)")
+    # context and batching
+    n_ctx: int = Field(4096, description="context window in tokens (prompt + answer)")
+    n_batch: int = Field(512, description="prompt tokens evaluated per step")
+    flash_attn: bool = Field(False, description="use flash attention")
+    cache_type: Literal["f16", "f32", "q8_0"] = Field("f16", description="KV-cache type")
+    prefix_cache: bool = Field(True, description="reuse the evaluated shared prompt prefix between posts")
+    # decoding
+    constrained: bool = Field(True, description="decode only answers in the task's format (GBNF grammar)")
+    temperature: float = Field(0.0, description="0 = greedy")
+    top_p: float = Field(1.0, description="nucleus sampling when temperature > 0")
+
+
+class LlamaCppBackend(Backend):
+    """Runs a GGUF model with llama.cpp.
+
+    Args:
+        model: path of a ``.gguf`` file (``mentalglm export`` writes one).
+        options: :class:`LlamaCppOptions` or a mapping.
+
+    Raises:
+        MentalGLMError: llama-cpp-python missing, the file missing or not loadable.
+        OptionsError: both ``n_gpu_layers`` and ``gpu_memory``, or a bad memory size.
+
+    Example:
+        >>> with LlamaCppBackend("mentalglm-q4_k_m.gguf", {"gpu_memory": "6GiB"}) as backend:  # doctest: +SKIP
+        ...     print(backend.offloaded_layers, "of", backend.total_layers, "layers on the GPU")
+    """
+
+    name = "llamacpp"
+    description = "GGUF models with llama.cpp (CPU or CUDA offload), grammar-constrained, prefix reuse"
+    Options = LlamaCppOptions
+    capabilities = frozenset({"generate", "score_labels"})
+
+    def __init__(self, model: str | None = None, options=None):
+        super().__init__(model, options)
+        from mentalglm.llamacpp_native import load_llama_cpp
+
+        llama_cpp = load_llama_cpp()
+        path = Path(model)
+        if not path.is_file():
+            raise MentalGLMError(f"{path}: no such GGUF file")
+        opts = self.options
+        n_gpu_layers = self._gpu_layers(path, llama_cpp)
+        cache = _CACHE_TYPES[opts.cache_type]
+        try:
+            self.llm = llama_cpp.Llama(
+                str(path), n_gpu_layers=n_gpu_layers, n_ctx=opts.n_ctx, n_batch=opts.n_batch,
+                n_threads=opts.n_threads or os.cpu_count(), flash_attn=opts.flash_attn, type_k=cache, type_v=cache,
+                seed=opts.seed, verbose=False)
+        except ValueError as exc:  # llama-cpp-python reports load failures as ValueError
+            raise MentalGLMError(f"{path}: llama.cpp could not load it ({exc})") from None
+        self._llama_cpp = llama_cpp
+        self._grammars: dict = {}
+        metadata = self.llm.metadata or {}
+        self.total_layers = int(metadata.get(f"{metadata.get('general.architecture')}.block_count", 0))
+        can_offload = bool(llama_cpp.llama_supports_gpu_offload())
+        wanted = self.total_layers + 1 if n_gpu_layers < 0 else n_gpu_layers
+        self.offloaded_layers = min(wanted, self.total_layers + 1) if can_offload else 0
+        log.info("llamacpp: %s loaded, %d of %d layers offloaded to the GPU%s", path.name,
+                 min(self.offloaded_layers, self.total_layers), self.total_layers,
+                 "" if can_offload or not wanted else " (this llama-cpp-python build has no GPU support)")
+
+    def _gpu_layers(self, path: Path, llama_cpp) -> int:
+        opts = self.options
+        if opts.gpu_memory is None:
+            return opts.n_gpu_layers
+        if opts.n_gpu_layers != 0:
+            raise OptionsError("backend 'llamacpp': give n_gpu_layers or gpu_memory, not both")
+        from mentalglm.backends.gpu_budget import layer_costs, parse_bytes
+
+        budget = parse_bytes(opts.gpu_memory)
+        kv_bytes = 4 if opts.cache_type == "f32" else 2
+        layers = layer_costs(path, opts.n_ctx, kv_bytes).layers_that_fit(budget)
+        log.info("llamacpp: %s of GPU memory fits %d layers at n_ctx=%d", opts.gpu_memory, layers, opts.n_ctx)
+        return layers
+
+    # -- tokens ------------------------------------------------------------------------------
+    def _tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+
+    def token_count(self, text: str) -> int:
+        """Tokens in ``text`` with special tokens parsed (GLM-4 prompts carry ``[gMASK]<sop>``)."""
+        return len(self._tokenize(text))
+
+    @property
+    def context_length(self) -> int:
+        """The context window llama.cpp was opened with."""
+        return self.llm.n_ctx()
+
+    # -- generation --------------------------------------------------------------------------
+    def _grammar(self, response_format):
+        key = response_format.gbnf()
+        if key not in self._grammars:
+            self._grammars[key] = self._llama_cpp.LlamaGrammar.from_string(key, verbose=False)
+        return self._grammars[key]
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        """Complete each prompt in turn (llama.cpp decodes one sequence; the shared prefix is reused)."""
+        opts = self.options
+        completions = []
+        for request in requests:
+            if not opts.prefix_cache:
+                self.llm.reset()
+            tokens = self._tokenize(request.prompt)
+            grammar = self._grammar(request.response_format) if opts.constrained and request.response_format else None
+            result = self.llm.create_completion(
+                tokens, max_tokens=request.max_new_tokens or opts.max_new_tokens, temperature=opts.temperature,
+                top_p=opts.top_p, top_k=0, min_p=0.0, repeat_penalty=1.0,
+                stop=list(request.stop) or None, grammar=grammar, seed=opts.seed)
+            choice = result["choices"][0]
+            completions.append(Completion(request.id, choice["text"], dict(result.get("usage") or {}),
+                                          choice.get("finish_reason") or "stop"))
+        return completions
+
+    def score_labels(self, prompt: str, candidates: Sequence[str]) -> list[float]:
+        """Summed log-probabilities of each candidate's tokens after ``prompt``, reusing the prompt's KV cache."""
+        prompt_ids = self._tokenize(prompt)
+        self._evaluate(prompt_ids)
+        first = _log_softmax(self._last_logits())
+        scores = []
+        for candidate in candidates:
+            ids = self._tokenize(candidate, special=False)
+            total = float(first[ids[0]])
+            self.llm.n_tokens = len(prompt_ids)  # drop the previous candidate, keep the prompt
+            for previous, token in zip(ids, ids[1:]):
+                self.llm.eval([previous])
+                total += float(_log_softmax(self._last_logits())[token])
+            scores.append(total)
+        return scores
+
+    def _evaluate(self, ids: list[int]) -> None:
+        """Bring the KV cache to exactly ``ids``, re-evaluating only what differs from what it holds."""
+        held = list(self.llm.input_ids[: self.llm.n_tokens]) if self.options.prefix_cache else []
+        common = 0
+        for a, b in zip(held, ids):
+            if a != b:
+                break
+            common += 1
+        common = min(common, len(ids) - 1)  # the last prompt token must be evaluated for its logits
+        self.llm.n_tokens = common
+        self.llm.eval(ids[common:])
+
+    def _last_logits(self) -> np.ndarray:
+        # Without logits_all, llama-cpp-python keeps no scores; read the last row from the context.
+        pointer = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).astype(np.float64)
+
+    def close(self) -> None:
+        """Free the model and its context (native memory)."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.close()
+            self.llm = None
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max()
+    return shifted - np.log(np.exp(shifted).sum())

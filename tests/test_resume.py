@@ -1,0 +1,43 @@
+"""A long run killed mid-way and rerun ends with every post exactly once (real process, real SIGKILL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mentalglm.core.data import read_posts
+
+
+def test_killed_run_resumes_without_loss_or_duplicates(exported, tmp_path):
+    out = tmp_path / "predictions.jsonl"
+    args = [sys.executable, "-m", "mentalglm", "analyze", "--task", "depression", "--backend", "llamacpp",
+            "--model", str(exported("glm", "q8_0")), "--input", "sample:depression", "--output", str(out),
+            "--option", "n_ctx=1024", "--option", "max_new_tokens=48", "--batch-size", "1", "--quiet"]
+    env = {**os.environ, "MENTALGLM_LOAD_PLUGINS": ""}
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if out.exists() and out.read_text(encoding="utf-8").count("\n") >= 5:
+            break
+        time.sleep(0.05)
+    if process.poll() is not None:
+        pytest.fail(f"the run ended before it could be killed: {process.stderr.read().decode()[-500:]}")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    written_before = out.read_text(encoding="utf-8").count("\n")
+    total = len(read_posts("sample:depression"))
+    assert 5 <= written_before < total
+
+    rerun = subprocess.run(args + ["--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    summary = json.loads(rerun.stdout)
+    assert summary["skipped"] == written_before and summary["analysed"] == total - written_before
+    ids = [json.loads(line)["id"] for line in out.read_text(encoding="utf-8").splitlines()]
+    assert len(ids) == total and len(set(ids)) == total
+    assert set(ids) == {p.id for p in read_posts("sample:depression")}
