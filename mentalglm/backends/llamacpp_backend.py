@@ -88,6 +88,7 @@ class LlamaCppBackend(Backend):
             raise MentalGLMError(f"{path}: llama.cpp could not load it ({exc})") from None
         self._llama_cpp = llama_cpp
         self._grammars: dict = {}
+        self._recent_tokens: dict[tuple[str, bool], list[int]] = {}
         metadata = self.llm.metadata or {}
         self.total_layers = int(metadata.get(f"{metadata.get('general.architecture')}.block_count", 0))
         can_offload = bool(llama_cpp.llama_supports_gpu_offload())
@@ -113,7 +114,16 @@ class LlamaCppBackend(Backend):
 
     # -- tokens ------------------------------------------------------------------------------
     def _tokenize(self, text: str, special: bool = True) -> list[int]:
-        return self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+        # The Analyzer counts a prompt's tokens (to fit the context) right before generating it:
+        # remember the last few so each prompt is tokenized once.
+        key = (text, special)
+        ids = self._recent_tokens.get(key)
+        if ids is None:
+            ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+            if len(self._recent_tokens) >= 16:
+                self._recent_tokens.pop(next(iter(self._recent_tokens)))
+            self._recent_tokens[key] = ids
+        return list(ids)
 
     def token_count(self, text: str) -> int:
         """Tokens in ``text`` with special tokens parsed (GLM-4 prompts carry ``[gMASK]<sop>``)."""

@@ -1,0 +1,35 @@
+"""Benchmark models: a GLM of ~85M parameters (``full``) or a tiny one (``smoke``), built once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SCALE = os.environ.get("MENTALGLM_BENCH_SCALE", "full")
+#: build_tiny_glm arguments per scale; full ≈ 85M parameters with an 8k-token vocabulary.
+SHAPES = {
+    "full": dict(hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=2, intermediate_size=2048,
+                 tokenizer_vocab_size=8192),
+    "smoke": dict(hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256),
+}
+
+
+def build_bench_model(root: Path) -> Path:
+    """The benchmark GLM (random weights; speed does not depend on what the weights say)."""
+    from mentalglm.converters.tiny import build_tiny_glm
+
+    return build_tiny_glm(root / f"glm-{SCALE}", arch="glm", seed=0, **SHAPES[SCALE])
+
+
+def long_instruction_task():
+    """The depression task with a long instruction (label definitions and examples), ≥ 4× a typical post."""
+    from mentalglm import ClassificationTask, Label
+    from mentalglm.core.plugins import PluginManager
+
+    base = PluginManager(load_entry_points=False).task("depression")
+    guide = ("抑郁的判断要点：持续两周以上的情绪低落、兴趣或愉快感丧失、精力不足、睡眠和食欲改变、"
+             "无价值感或过度自责、注意力下降、对未来无望，以及反复出现的死亡念头。只有一时的疲惫、"
+             "短暂的失落、考试或工作压力带来的抱怨、正常的哀伤反应，都不应判断为抑郁。请只根据帖子本身的内容判断，"
+             "不要猜测帖子之外的信息；引用的歌词、他人的话和玩笑不代表发帖者本人的状态。")
+    return ClassificationTask(name="depression-long", instruction=base.instruction + "\n" + guide * 2,
+                              labels=[Label(l.name, l.aliases) for l in base.labels])
