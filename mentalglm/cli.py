@@ -238,6 +238,51 @@ def cmd_sizes(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    """Measure backends side by side on the same model and posts."""
+    from pathlib import Path
+
+    from mentalglm.bench import parse_variants, run_bench, write_report
+    from mentalglm.core.data import read_posts
+
+    options: dict[str, dict] = {}
+    for key, value in _parse_options(args.option).items():
+        backend, dot, name = key.partition(".")
+        if not dot:
+            raise MentalGLMError(f"bench options are BACKEND.KEY=VALUE (e.g. llamacpp.n_threads=2), got '{key}'")
+        options.setdefault(backend, {})[name] = value
+    for backend in ("torch", "llamacpp"):
+        options.setdefault(backend, {}).setdefault("max_new_tokens", str(args.max_new_tokens))
+    task = _plugins().task(args.task)
+    posts = read_posts(args.data, task)[: args.posts]
+    out_dir = Path(args.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    variants = parse_variants(args.backends, args.model, out_dir, options)
+    progress = None if args.quiet else (lambda label, r: print(f"round {r}: {label} done", file=sys.stderr))
+    results = run_bench(variants, args.task, posts, rounds=args.rounds, mode=args.mode, batch_size=args.batch_size,
+                        progress=progress)
+    meta = {"task": args.task, "model": args.model, "data": args.data, "posts": len(posts), "rounds": args.rounds,
+            "mode": args.mode, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+            "variants": [vars(v) for v in variants]}
+    document = write_report(results, out_dir, meta)
+    if args.json:
+        _print_json(document)
+        return 0
+    rows = []
+    for r in document["results"]:
+        metric = "-" if r["primary_value"] is None else f"{r['primary_metric']}={r['primary_value']:.3f}"
+        rows.append((r["label"], f"{r['posts_per_second']:.2f}", f"{r['tokens_per_second']:.1f}",
+                     f"{r['p50_latency_s']:.3f}", f"{r['p95_latency_s']:.3f}", _mib(r["memory_bytes"]),
+                     f"{r['valid_rate']:.0%}", metric, f"{r['speed_vs_first']:.2f}×"))
+    print(_table(rows, ["backend", "posts/s", "tokens/s", "p50 s", "p95 s", "load memory", "valid", "metric",
+                        "vs first"]))
+    machine = document["machine"]
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu'] or 'none'}; "
+          f"{len(posts)} posts × {args.rounds} rounds, alternating; wrote {out_dir / 'bench.json'}"
+          + (f" and {document['chart']}" if document.get("chart") else ""))
+    return 0
+
+
 def cmd_inspect(args) -> int:
     """Describe a GGUF file."""
     from mentalglm.converters.gguf_inspect import inspect_gguf, render_inspection
@@ -339,6 +384,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, default=4096, help="context length for the memory estimate (default 4096)")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="backends side by side: speed, latency, memory, valid outputs, metric")
+    p.add_argument("--model", required=True, metavar="DIR", help="model directory (or a .gguf for llamacpp only)")
+    p.add_argument("--backends", default="torch,llamacpp:q8_0",
+                   help="comma list: torch, llamacpp[:OUTTYPE] (default torch,llamacpp:q8_0)")
+    p.add_argument("--task", required=True, help="task name")
+    p.add_argument("--data", required=True, metavar="FILE", help="posts (gold labels optional) or sample:NAME")
+    p.add_argument("--posts", type=int, default=32, help="how many posts of the file (default 32)")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
+    p.add_argument("--mode", choices=["generate", "score"], default="generate")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("-O", "--option", action="append", metavar="BACKEND.KEY=VALUE", help="backend option, repeatable")
+    p.add_argument("--output-dir", default="runs/bench", metavar="DIR", help="bench.json, bench.png, exported GGUFs")
+    p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("sizes", help="file size and memory per GGUF out type, computed from a model's config")
     p.add_argument("--model", required=True, metavar="DIR", help="model directory or its config.json (weights not needed)")

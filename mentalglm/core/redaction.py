@@ -8,8 +8,8 @@ what           becomes      caught
 URLs           ``[URL]``    ``http://``, ``https://``, ``ftp://`` URLs (ASCII URL characters, so a URL
                             glued to Chinese text ends where the Chinese starts; trailing ``.,;:!?'"``
                             and an unbalanced ``)`` are left outside); scheme-less ``www.…`` and bare
-                            domains with a common top-level domain (``t.cn/A6abc``, ``weibo.com/u/1``,
-                            ``example.co.uk``)
+                            domains whose top-level domain is a common one written in lower case
+                            (``t.cn/A6abc``, ``weibo.com/u/1``, ``example.co.uk``)
 e-mail         ``[EMAIL]``  ``local@domain.tld`` (``123456@qq.com``, ``a.b+c@mail.example.cn``)
 ID cards       ``[ID]``     Chinese resident identity card numbers: 18 characters (6-digit region code
                             not starting with 0, birth date 18xx/19xx/20xx with month 01–12 and day
@@ -20,9 +20,10 @@ phones         ``[PHONE]``  mainland mobiles ``1[3-9]`` + 9 digits, optionally a
                             ``0086``, ``86`` or ``(+86)``, as one run or grouped 3-4-4 with spaces or
                             dashes (``138-1234-5678``, ``138 1234 5678``); landlines with an area code
                             (``010``, ``02x``, ``0xxx``, or after ``+86`` without the 0) and a 7–8
-                            digit number, optionally in parentheses and with ``-``/space and an
-                            extension (``010-12345678``, ``(0755)1234567``, ``0755 8888 6666``,
-                            ``+86 10 12345678``, ``010-12345678-123``, ``…转123``)
+                            digit number, the area code optionally in parentheses, groups split by
+                            ``-`` or a space, an optional extension after ``-``, ``转``, ``ext`` or
+                            ``x`` (``010-12345678``, ``(0755)1234567``, ``0755 8888 6666``,
+                            ``+86 10 12345678``, ``010-12345678-123``, ``010-12345678转123``)
 @mentions      ``[@USER]``  Weibo-style ``@用户名`` (Chinese, letters, digits, ``_``, ``-``) and
                             ``@name``; not the ``@`` of an e-mail address or of ``word@word``
 =============  ===========  ===========================================================================
@@ -70,15 +71,15 @@ PLACEHOLDERS: dict[str, str] = {
 }
 
 _URL_CHARS = r"[A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]"
-_TLDS = ("com|cn|net|org|edu|gov|info|biz|io|me|co|cc|tv|xyz|top|vip|club|site|online|app|dev|link|ly|"
-         "hk|tw|mo|jp|kr|uk|us|de|fr|ru|au|ca|sg")
+#: Top-level domains of scheme-less URLs (lower case only, so ``tired.Me too`` stays); a
+#: two-letter country code may follow (``.com.cn``, ``.co.uk``).
+_TLDS = "com|cn|net|org|edu|gov|info|biz|io|me|co|cc|tv|xyz|top|vip|club|site|online|app|dev|link|ly"
 _HOST = r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+"
 
 _SCHEME_URL = re.compile(rf"(?:https?|ftp)://{_URL_CHARS}+", re.IGNORECASE)
 _BARE_URL = re.compile(
-    rf"(?<![A-Za-z0-9@._%+\-/]){_HOST}(?:{_TLDS})(?:\.[A-Za-z]{{2}})?(?![A-Za-z0-9\-@])"
-    rf"(?::\d{{1,5}})?(?:/{_URL_CHARS}*)?",
-    re.IGNORECASE)
+    rf"(?<![A-Za-z0-9@._%+\-/]){_HOST}(?:{_TLDS})(?:\.[a-z]{{2}})?(?![A-Za-z0-9\-@])"
+    rf"(?::\d{{1,5}})?(?:/{_URL_CHARS}*)?")
 _EMAIL = re.compile(r"(?<![A-Za-z0-9._%+\-])[A-Za-z0-9._%+\-]+@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}(?![A-Za-z0-9\-])")
 
 _DATE8 = r"(?:18|19|20)\d{2}(?:0[1-9]|1[0-2])(?:0[1-9]|[12]\d|3[01])"
@@ -93,9 +94,9 @@ _LANDLINE = re.compile(
     r"(?<![\d+])(?<!\d\.)"
     r"(?:(?:\+|00)86[ \-]?\(?0?|\(?0)(?:10|2\d|[3-9]\d{2})\)?[ \-]?"
     r"\d{3,4}[ \-]?\d{4}"
-    r"(?:(?:[ \-]|转|ext\.?|x)\d{1,6})?"
+    r"(?:(?:-|转|ext\.?\s?|x)\d{1,6})?"
     r"(?!\d)(?!\.\d)", re.IGNORECASE)
-_MENTION = re.compile(r"(?<![A-Za-z0-9._%+\-])@[\w\-]+")
+_MENTION = re.compile(r"(?<![A-Za-z0-9._%+\-\[])@[\w\-]+")  # "[@USER]" stays
 
 _MAX_MENTION_UNITS = 30
 _MASK = "\x00"
@@ -179,8 +180,8 @@ def _spans(pattern: re.Pattern, text: str, kind: str):
         start, end = match.span()
         if kind == "url":
             end = start + _trim_url(match.group())
-            if match.re is _SCHEME_URL and "://" not in text[start:end].rstrip("/") + "x":
-                continue
+            if match.re is _SCHEME_URL and not text[start:end].split("://", 1)[1].strip("/"):
+                continue  # a scheme with nothing after it
         elif kind == "mention":
             end = start + _mention_length(match.group())
             if end - start < 2:

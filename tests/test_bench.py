@@ -1,0 +1,40 @@
+"""`mentalglm bench`: every variant measured on the same posts, report files written, ratios consistent."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from test_cli import run_cli
+
+
+def test_bench_table_json_and_chart(tiny_models, tmp_path):
+    out = tmp_path / "bench"
+    result = run_cli("bench", "--model", str(tiny_models["glm"]), "--backends", "llamacpp:f32,llamacpp:q8_0",
+                     "--task", "depression", "--data", "sample:depression", "--posts", "4", "--rounds", "2",
+                     "--max-new-tokens", "8", "--output-dir", str(out), "--json", "--quiet")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document == json.loads((out / "bench.json").read_text(encoding="utf-8")) | {"chart": document["chart"]}
+    labels = [r["label"] for r in document["results"]]
+    assert labels == ["llamacpp:f32", "llamacpp:q8_0"]
+    for row in document["results"]:
+        assert len(row["round_seconds"]) == 2 and row["posts"] == 4
+        assert row["posts_per_second"] == pytest.approx(4 / (sum(row["round_seconds"]) / 2))  # median of two
+        assert row["valid_rate"] == 1.0 and row["primary_metric"] == "weighted_f1"
+        assert 0 < row["p50_latency_s"] <= row["p95_latency_s"]
+    first, second = document["results"]
+    assert second["speed_vs_first"] == pytest.approx(second["posts_per_second"] / first["posts_per_second"])
+    assert {"cpu", "cores", "versions"} <= set(document["machine"])
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in out.glob("*.gguf")) == ["glm-f32.gguf", "glm-q8_0.gguf"]
+
+
+def test_bench_option_errors(tiny_models, tmp_path):
+    bad = run_cli("bench", "--model", str(tiny_models["glm"]), "--backends", "llamacpp:q3", "--task", "depression",
+                  "--data", "sample:depression", "--output-dir", str(tmp_path))
+    assert bad.returncode == 1 and "unknown out type 'q3'" in bad.stderr
+    unscoped = run_cli("bench", "--model", str(tiny_models["glm"]), "--backends", "llamacpp", "--task", "depression",
+                       "--data", "sample:depression", "--output-dir", str(tmp_path), "-O", "n_threads=2")
+    assert unscoped.returncode == 1 and "BACKEND.KEY=VALUE" in unscoped.stderr
