@@ -14,6 +14,7 @@ import warnings
 from typing import Sequence
 
 from mentalglm.core.errors import MentalGLMError, OptionsError
+from mentalglm.training.cli import add_train_parser
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -374,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", required=True, metavar="DIR",
                    help="where predictions.jsonl, metrics.json and report.md go; reruns resume")
     p.set_defaults(func=cmd_evaluate)
+
+    add_train_parser(sub)
 
     p = sub.add_parser("export", help="convert a GLM model (and LoRA adapter) to a GGUF file for llama.cpp")
     p.add_argument("--model", required=True, metavar="DIR", help="GlmForCausalLM, Glm4ForCausalLM or ChatGLM-layout directory")

@@ -1,0 +1,292 @@
+"""Typed training settings, from a YAML/JSON config file and command-line options.
+
+Precedence: the defaults below < the config file (``--config``) < options given on the
+command line. Unknown keys are errors (``extra="forbid"``), reported on one line with the
+closest valid name. Relative paths in a config file are resolved against the file's folder,
+so a config works from any working directory; ``sample:NAME`` data specs are kept as they are.
+
+Example config::
+
+    model: glm-4-9b-chat-hf
+    output: runs/mentalglm-lora
+    task: depression
+    lora_r: 8
+    stages:
+      - data: [imhi-en-train.jsonl]        # stage 1: English IMHI
+        epochs: 2
+      - data: [c-imhi-train.jsonl]         # stage 2: C-IMHI, same adapter
+        epochs: 3
+        learning_rate: 1.0e-4
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from mentalglm.core.errors import MentalGLMError
+
+#: LoRA targets for GLM-4 in transformers' native layout: every linear layer of attention and MLP.
+DEFAULT_TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj")
+
+#: Settings that change nothing in the trained weights; a rerun may change them freely.
+COSMETIC_SETTINGS = ("output", "log_every", "quiet")
+
+
+def _comma_list(value: Any) -> Any:
+    """Accept ``"a,b"`` as well as ``["a", "b"]`` (the command line gives strings)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class StageConfig(BaseModel):
+    """One training stage: data files trained on together, with optional overrides.
+
+    Attributes:
+        data: C-IMHI record files (JSON array or JSONL) or ``sample:NAME`` specs.
+        name: a label for logs and ``loss.json`` (default ``stage N``).
+        epochs: epochs of this stage (overrides the run's ``epochs`` and ``max_steps``).
+        max_steps: optimizer steps of this stage (overrides everything else).
+        learning_rate: peak learning rate of this stage (default: the run's).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: list[str] = Field(min_length=1)
+    name: str | None = None
+    epochs: int | None = Field(None, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    learning_rate: float | None = Field(None, gt=0)
+
+    _split_data = field_validator("data", mode="before")(_comma_list)
+
+
+class TrainConfig(BaseModel):
+    """Every setting of a LoRA fine-tuning run (what ``train_config.json`` records).
+
+    Attributes:
+        model: the base model directory (transformers layout; ChatGLM-layout checkpoints need
+            ``mentalglm convert`` first, or ``trust_remote_code``).
+        output: the run folder (adapter, curves, checkpoints).
+        stages: the training stages, in order; each continues the previous stage's adapter.
+        prompt: prompt style name (``glm4-chat`` or ``plain``, or a plugin's).
+        system: optional system message for chat prompt styles.
+        end_token: token appended to every response and learnt: ``auto`` (see
+            :func:`mentalglm.training.dataset.resolve_end_token`), ``none``, or a token's text.
+        task: when set, every record's ``output`` must state a valid answer of this task.
+        eval_data: gold-labelled posts or records scored with the task's metrics after each epoch.
+        eval_max_new_tokens: generation budget per post during evaluation.
+        eval_batch_size: posts generated together during evaluation.
+        lora_r, lora_alpha, lora_dropout, target_modules: the LoRA adapter.
+        learning_rate: peak learning rate (AdamW).
+        lr_scheduler: ``linear``, ``cosine`` or ``constant`` decay after warm-up.
+        warmup_ratio: fraction of each stage's steps spent warming up linearly from 0.
+        weight_decay: AdamW weight decay.
+        max_grad_norm: gradient-norm clip (0 turns clipping off).
+        epochs: epochs per stage (unless the stage says otherwise).
+        max_steps: optimizer steps per stage; wins over ``epochs`` when both are set.
+        batch_size: sequences per forward pass (per process under DDP).
+        gradient_accumulation: forward passes per optimizer step.
+        max_length: longest sequence in tokens; longer responses are cut (and counted).
+        seed: seed of the LoRA initialisation, the data order and dropout.
+        precision: ``auto`` (bf16 on a GPU that has it, else fp32), ``fp32``, ``bf16`` or ``fp16``.
+        gradient_checkpointing: recompute activations in the backward pass to save memory.
+        save_every: write a checkpoint every N optimizer steps (0: only at epoch ends).
+        keep_checkpoints: how many checkpoints to keep.
+        log_every: print a progress line every N steps.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under DDP each process uses its local rank).
+        trust_remote_code: let transformers run the model folder's own Python code.
+        quiet: no progress lines on stderr.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str
+    output: str
+    stages: list[StageConfig] = Field(min_length=1)
+    prompt: str = "glm4-chat"
+    system: str | None = None
+    end_token: str = "auto"
+    task: str | None = None
+    eval_data: str | None = None
+    eval_max_new_tokens: int = Field(256, ge=1)
+    eval_batch_size: int = Field(8, ge=1)
+    lora_r: int = Field(8, ge=1)
+    lora_alpha: float = Field(16.0, gt=0)
+    lora_dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1)
+    learning_rate: float = Field(2e-4, gt=0)
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    warmup_ratio: float = Field(0.03, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, ge=0)
+    epochs: int = Field(3, ge=1)
+    max_steps: int | None = Field(None, ge=1)
+    batch_size: int = Field(4, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    max_length: int = Field(2048, ge=2)
+    seed: int = 42
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    gradient_checkpointing: bool = False
+    save_every: int = Field(200, ge=0)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    device: str = "auto"
+    trust_remote_code: bool = False
+    quiet: bool = False
+
+    _split_modules = field_validator("target_modules", mode="before")(_comma_list)
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, value: str) -> str:
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+            return value
+        raise ValueError("expected auto, cpu, cuda or cuda:N")
+
+    @model_validator(mode="after")
+    def _eval_needs_task(self) -> "TrainConfig":
+        if self.eval_data and not self.task:
+            raise ValueError("eval_data needs task (the metrics are the task's own)")
+        return self
+
+    def stage_name(self, index: int) -> str:
+        """The display name of stage ``index`` (0-based)."""
+        return self.stages[index].name or f"stage {index + 1}"
+
+    def stage_learning_rate(self, index: int) -> float:
+        """The peak learning rate of stage ``index``."""
+        return self.stages[index].learning_rate or self.learning_rate
+
+    def stage_length(self, index: int, steps_per_epoch: int) -> tuple[int, int]:
+        """How long stage ``index`` trains.
+
+        Args:
+            index: 0-based stage index.
+            steps_per_epoch: optimizer steps in one pass over the stage's data (per process).
+
+        Returns:
+            ``(total optimizer steps, epochs started)``. A stage's own ``max_steps`` wins, then
+            its own ``epochs``, then the run's ``max_steps``, then the run's ``epochs``.
+        """
+        stage = self.stages[index]
+        if stage.max_steps is not None:
+            steps = stage.max_steps
+        elif stage.epochs is not None:
+            steps = stage.epochs * steps_per_epoch
+        elif self.max_steps is not None:
+            steps = self.max_steps
+        else:
+            steps = self.epochs * steps_per_epoch
+        return steps, -(-steps // steps_per_epoch)
+
+    def fingerprint(self) -> dict:
+        """The settings that decide the trained weights (what a resumed run must share)."""
+        return self.model_dump(mode="json", exclude=set(COSMETIC_SETTINGS))
+
+
+def _resolve(value: str | None, base: Path) -> str | None:
+    if value is None or value.startswith("sample:") or os.path.isabs(value):
+        return value
+    return str(base / value)
+
+
+def load_config_file(path: str | os.PathLike) -> dict:
+    """Read a YAML or JSON config file into a plain dict with paths made absolute.
+
+    Args:
+        path: the file (``.yaml``, ``.yml`` or ``.json``; YAML is a superset of JSON).
+
+    Returns:
+        The mapping of settings; ``model``, ``output``, ``eval_data`` and stage ``data`` paths
+        are resolved against the file's folder.
+
+    Raises:
+        MentalGLMError: a missing or unreadable file, malformed YAML, or a top level that is not
+            a mapping.
+    """
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise MentalGLMError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise MentalGLMError(f"{path}: cannot read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise MentalGLMError(f"{where}: malformed YAML: {getattr(exc, 'problem', None) or exc}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise MentalGLMError(f"{path}: expected a mapping of settings, got {type(data).__name__}")
+    base = path.resolve().parent
+    for key in ("model", "output", "eval_data"):
+        if isinstance(data.get(key), str):
+            data[key] = _resolve(data[key], base)
+    stages = data.get("stages")
+    if isinstance(stages, list):
+        for stage in stages:
+            if isinstance(stage, dict) and "data" in stage:
+                files = _comma_list(stage["data"])
+                if isinstance(files, list):
+                    stage["data"] = [_resolve(f, base) if isinstance(f, str) else f for f in files]
+    return data
+
+
+def _field_path(loc: tuple) -> str:
+    return ".".join(str(part) for part in loc) if loc else "(settings)"
+
+
+def _suggest(loc: tuple, model: type[BaseModel]) -> str:
+    name = str(loc[-1]) if loc else ""
+    known = StageConfig.model_fields if len(loc) > 1 and loc[0] == "stages" else model.model_fields
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def build_config(settings: Mapping[str, Any], *, source: str = "settings",
+                 origins: Mapping[str, str] | None = None) -> TrainConfig:
+    """Validate a mapping of settings into a :class:`TrainConfig`.
+
+    Args:
+        settings: the merged settings (config file values overlaid by command-line options).
+        source: how to name their origin in errors (the config file, or ``command line``).
+        origins: per top-level key, a better name for it in errors (``--lora-r`` for a value
+            given on the command line); such keys are reported as ``command line: --lora-r: …``.
+
+    Returns:
+        The validated config.
+
+    Raises:
+        MentalGLMError: one line naming the first invalid or unknown setting, e.g.
+            ``train.yaml: setting 'lora_rr': unknown (did you mean 'lora_r'?)``.
+    """
+    try:
+        return TrainConfig.model_validate(dict(settings))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        loc = tuple(error.get("loc", ()))
+        if error["type"] == "extra_forbidden":
+            message = f"unknown{_suggest(loc, TrainConfig)}"
+        elif error["type"] == "missing":
+            message = "missing" + (" (give --data FILE or --stage FILE, or a stages: list)"
+                                   if loc == ("stages",) else "")
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        if not loc:
+            raise MentalGLMError(f"{source}: {message}{more}") from None
+        option = (origins or {}).get(str(loc[0]))
+        if option:
+            raise MentalGLMError(f"command line: {option}: {message}{more}") from None
+        raise MentalGLMError(f"{source}: setting '{_field_path(loc)}': {message}{more}") from None

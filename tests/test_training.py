@@ -1,0 +1,436 @@
+"""``mentalglm train``: loss masks, learning, stages, outputs, kill-and-resume, bad data, validation.
+
+Everything runs on the tiny GLM model on CPU. Training uses one thread (in this process and in
+the subprocesses): the steps are tiny, and two OpenMP threads on a busy 2-core machine are
+many times slower than one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch", reason="training needs the torch extra")
+pytest.importorskip("peft", reason="training needs the torch extra")
+# peft asks transformers 5 for a deprecated attribute when loading an adapter; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
+
+from mentalglm.core.data import read_records, resolve_path  # noqa: E402
+from mentalglm.core.errors import DataError, MentalGLMError  # noqa: E402
+from mentalglm.core.prompt import GLM4_CHAT, PLAIN  # noqa: E402
+from mentalglm.training.cli import config_from_args, main  # noqa: E402
+from mentalglm.training.config import build_config  # noqa: E402
+from mentalglm.training.dataset import (  # noqa: E402
+    IGNORE_INDEX,
+    collate,
+    encode_record,
+    epoch_order,
+    file_sha256,
+    resolve_end_token,
+)
+
+SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MENTALGLM_LOAD_PLUGINS": "",
+                  "TOKENIZERS_PARALLELISM": "false"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def base(tiny_models):
+    return tiny_models["glm"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(base):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(base)
+
+
+def _config(base, out, **settings):
+    settings.setdefault("stages", [{"data": ["sample:depression"]}])
+    defaults = dict(model=str(base), output=str(out), batch_size=2, max_length=1024, quiet=True, save_every=0)
+    return build_config({**defaults, **settings})
+
+
+def _train(base, out, **settings):
+    from mentalglm.training import train
+
+    return train(_config(base, out, **settings))
+
+
+def _write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def _adapter_tensors(folder: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+# -- data: masks and end token ----------------------------------------------------------------
+def test_loss_mask_covers_the_response_and_end_token_only(tokenizer):
+    record = read_records("sample:depression")[0]
+    end = resolve_end_token(tokenizer, GLM4_CHAT)
+    assert end.text == "<|endoftext|>" and end.id == tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    example = encode_record(tokenizer, GLM4_CHAT, record, end_token=end, max_length=2048)
+    n = example.prompt_length
+    prompt = GLM4_CHAT.render(record.instruction, record.input)
+    assert prompt.startswith("[gMASK]<sop><|user|>\n") and prompt.endswith("<|assistant|>\n")
+    assert tokenizer.decode(example.input_ids[:n]) == prompt  # byte-exact
+    assert example.input_ids[:n] == tokenizer(prompt, add_special_tokens=False).input_ids
+    assert example.labels[:n] == [IGNORE_INDEX] * n
+    assert example.labels[n:] == example.input_ids[n:]
+    assert example.labels[-1] == end.id
+    assert tokenizer.decode(example.labels[n:-1]) == record.output
+    assert not example.truncated
+
+    # Padding is never learnt; the first labelled position is the first response token.
+    batch = collate([example, encode_record(tokenizer, GLM4_CHAT, read_records("sample:depression")[1],
+                                            end_token=end, max_length=2048)], pad_id=end.id)
+    assert batch["labels"].shape == batch["input_ids"].shape
+    assert (batch["labels"][batch["attention_mask"] == 0] == IGNORE_INDEX).all()
+    assert int((batch["labels"][0] != IGNORE_INDEX).sum()) == len(example.input_ids) - n
+
+
+def test_end_token_choice_and_truncation(tokenizer):
+    assert resolve_end_token(tokenizer, PLAIN).text == tokenizer.eos_token  # no stop strings: eos
+    assert resolve_end_token(tokenizer, GLM4_CHAT, "<|user|>").text == "<|user|>"
+    assert resolve_end_token(tokenizer, GLM4_CHAT, "none") is None
+    with pytest.raises(MentalGLMError, match="not a single token"):
+        resolve_end_token(tokenizer, GLM4_CHAT, "标签：抑郁")
+
+    record = read_records("sample:depression")[0]
+    end = resolve_end_token(tokenizer, GLM4_CHAT)
+    full = encode_record(tokenizer, GLM4_CHAT, record, end_token=end, max_length=2048)
+    cut = encode_record(tokenizer, GLM4_CHAT, record, end_token=end, max_length=full.prompt_length + 3)
+    assert cut.truncated and len(cut.input_ids) == full.prompt_length + 3 and cut.labels[-1] != end.id
+    assert cut.input_ids == full.input_ids[:full.prompt_length + 3]
+    with pytest.raises(DataError, match=r"depression\.jsonl:1: field 'input': the prompt alone is \d+ tokens"):
+        encode_record(tokenizer, GLM4_CHAT, record, end_token=end, max_length=full.prompt_length,
+                      source=str(resolve_path("sample:depression")))
+
+
+def test_data_order_is_reproducible_and_sharded():
+    first = epoch_order(10, seed=1, stage=0, epoch=0)
+    assert sorted(first) == list(range(10)) and first == epoch_order(10, seed=1, stage=0, epoch=0)
+    assert first != epoch_order(10, seed=1, stage=0, epoch=1)
+    shards = [epoch_order(9, seed=1, stage=0, epoch=0, world_size=2, rank=r) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 5 and set(shards[0]) | set(shards[1]) == set(range(9))
+
+
+# -- training ---------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(base, tmp_path_factory):
+    """One finished run on both shipped samples (shared by the output and rerun tests)."""
+    from mentalglm.training import train
+
+    out = tmp_path_factory.mktemp("train") / "run"
+    config = _config(base, out, stages=[{"data": ["sample:depression", "sample:suicide-risk"]}],
+                     max_steps=30, learning_rate=2e-3, warmup_ratio=0.0, seed=7)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        result = train(config)
+    finally:
+        torch.set_num_threads(previous)
+    return out, result
+
+
+def test_training_lowers_the_loss(trained):
+    out, result = trained
+    steps = json.loads((out / "loss.json").read_text(encoding="utf-8"))["steps"]
+    assert [s["step"] for s in steps] == list(range(1, 31)) and result.steps == 30
+    assert {"step", "stage", "epoch", "loss", "lr"} <= set(steps[0])
+    first, last = (sum(s["loss"] for s in part) / 5 for part in (steps[:5], steps[-5:]))
+    assert last < first - 0.1, (first, last)
+    assert result.final_loss == steps[-1]["loss"]
+
+
+def test_outputs_exist_and_load(trained, base):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from mentalglm.converters.lora import LoraAdapter
+    from mentalglm.converters.safetensors_reader import SafetensorsCheckpoint
+
+    out, _ = trained
+    adapter = out / "adapter"
+    assert (adapter / "adapter_model.safetensors").is_file() and not list(adapter.glob("*.bin"))
+    saved = _adapter_tensors(adapter)
+    assert any(name.endswith("lora_B.weight") and saved[name].abs().sum() > 0 for name in saved)
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), adapter)
+    loaded = {n: p for n, p in model.named_parameters() if "lora_" in n}
+    assert len(loaded) == len(saved) == 2 * 6 * 2  # 2 layers × 6 modules × (A, B)
+    lora = LoraAdapter(adapter)
+    lora.check_base(SafetensorsCheckpoint(base))
+    assert len(lora.targets) == 12 and all(t.scale == 2.0 for t in lora.targets.values())
+
+    png = (out / "loss.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1024
+
+    manifest = json.loads((out / "train_config.json").read_text(encoding="utf-8"))
+    settings = manifest["settings"]
+    assert settings["lora_r"] == 8 and settings["lora_alpha"] == 16 and settings["learning_rate"] == 2e-3
+    assert settings["target_modules"] == ["q_proj", "k_proj", "v_proj", "o_proj", "gate_up_proj", "down_proj"]
+    assert manifest["base_model"]["path"] == str(Path(base).resolve())
+    assert manifest["base_model"]["architectures"] == ["GlmForCausalLM"]
+    files = manifest["data"]["stages"][0]["files"]
+    assert [f["spec"] for f in files] == ["sample:depression", "sample:suicide-risk"]
+    assert files[0]["sha256"] == file_sha256(resolve_path("sample:depression")) and files[0]["records"] == 65
+    resolved = manifest["resolved"]
+    assert (resolved["precision"], resolved["device"], resolved["world_size"]) == ("fp32", "cpu", 1)
+    assert resolved["end_token"]["text"] == "<|endoftext|>" and "eos" in resolved["end_token"]["reason"]
+    assert {"python", "torch", "transformers", "peft"} <= set(manifest["versions"])
+    checkpoints = sorted(p.name for p in (out / "checkpoints").iterdir())
+    assert checkpoints == ["step-30"]  # save_every 0: epoch/stage ends only
+
+
+def test_rerun_of_a_finished_run_and_a_run_with_other_settings(trained, base, capsys):
+    out, _ = trained
+    args = ["--model", str(base), "--data", "sample:depression", "sample:suicide-risk", "--output", str(out),
+            "--max-steps", "30", "--learning-rate", "2e-3", "--warmup-ratio", "0", "--seed", "7",
+            "--batch-size", "2", "--max-length", "1024", "--save-every", "0", "--quiet"]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "already finished" in captured.err and "already finished: 30 steps" in captured.out
+
+    assert main(args[:-1] + ["--lora-r", "4", "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith(f"mentalglm: error: {out} holds a training run with other settings (lora_r)")
+
+
+def test_two_stages_continue_the_same_adapter(base, tmp_path, tokenizer):
+    """Stage 2's first loss is the loss of stage 1's final adapter on stage 2's first batch."""
+    from peft import PeftModel, set_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "run"
+    result = _train(base, out, stages=[{"data": ["sample:depression"], "max_steps": 3, "name": "imhi"},
+                                       {"data": "sample:suicide-risk", "max_steps": 2, "learning_rate": 1e-3}],
+                    learning_rate=2e-3, lora_dropout=0.0, keep_checkpoints=5, seed=3)
+    assert result.steps == 5
+    document = json.loads((out / "loss.json").read_text(encoding="utf-8"))
+    assert document["stages"] == ["imhi", "stage 2"]
+    assert [(s["step"], s["stage"]) for s in document["steps"]] == [(1, 1), (2, 1), (3, 1), (4, 2), (5, 2)]
+    assert document["steps"][3]["lr"] <= 1e-3  # stage 2's own learning rate and schedule
+
+    stage_one = out / "checkpoints" / "step-3" / "adapter"
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), stage_one)
+    assert any(t.abs().sum() > 0 for n, t in _adapter_tensors(stage_one).items() if "lora_B" in n)
+    end = resolve_end_token(tokenizer, GLM4_CHAT)
+    records = read_records("sample:suicide-risk")
+    order = epoch_order(len(records), seed=3, stage=1, epoch=0)
+    batch = collate([encode_record(tokenizer, GLM4_CHAT, records[i], end_token=end, max_length=1024)
+                     for i in order[:2]], pad_id=end.id)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                             batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    assert abs(float(loss) - document["steps"][3]["loss"]) < 1e-4
+
+    # And not from a fresh adapter: the same batch on the base model alone scores differently.
+    set_peft_model_state_dict(model, {k: torch.zeros_like(v) for k, v in _adapter_tensors(stage_one).items()
+                                      if "lora_B" in k})
+    with torch.no_grad():
+        fresh = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    fresh_loss = torch.nn.functional.cross_entropy(fresh[:, :-1].reshape(-1, fresh.shape[-1]),
+                                                   batch["labels"][:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+    assert abs(float(fresh_loss) - float(loss)) > 1e-3
+
+
+def test_validation_after_each_epoch_writes_metrics(base, tmp_path, capsys):
+    records = [json.loads(line) for line in resolve_path("sample:depression").read_text(encoding="utf-8").splitlines()]
+    train_file = _write_jsonl(tmp_path / "train.jsonl", records[:6])
+    eval_file = _write_jsonl(tmp_path / "eval.jsonl", [{"id": r["id"], "text": r["input"],
+                                                        "label": r["output"].split("\n")[0].split("：")[1]}
+                                                       for r in records[6:11]])
+    out = tmp_path / "run"
+    result = _train(base, out, stages=[{"data": [str(train_file)]}], epochs=2, batch_size=3, task="depression",
+                    eval_data=str(eval_file), eval_max_new_tokens=12, learning_rate=1e-3)
+    assert result.steps == 4
+    document = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert document["task"] == "depression" and document["primary_metric"] == "weighted_f1"
+    assert [(e["stage"], e["epoch"], e["step"]) for e in document["evaluations"]] == [(1, 1, 2), (1, 2, 4)]
+    for evaluation in document["evaluations"]:
+        assert evaluation["primary_metric"] == "weighted_f1"
+        assert isinstance(evaluation["primary_value"], float) and 0.0 <= evaluation["primary_value"] <= 1.0
+        assert evaluation["metrics"]["weighted_f1"] == evaluation["primary_value"]
+        assert evaluation["counts"]["posts"] == 5
+    err = capsys.readouterr().err
+    assert err.count("eval after stage 1 epoch") == 2 and "weighted_f1 = " in err
+
+
+def test_validation_generates_what_the_torch_backend_generates(trained, base, tokenizer):
+    """Per-epoch validation (in-memory adapter) and inference (saved adapter, torch backend) agree token for token."""
+    pytest.importorskip("mentalglm.backends.torch_backend", reason="the torch backend is not there yet")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from mentalglm.core.analyzer import Analyzer
+    from mentalglm.core.data import read_posts
+    from mentalglm.training.validation import generate_greedy
+
+    out, _ = trained
+    posts = read_posts("sample:depression")[:4]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out / "adapter").eval()
+    stops = [tokenizer(s, add_special_tokens=False).input_ids[0] for s in GLM4_CHAT.stop]
+    mine = generate_greedy(model, tokenizer, [GLM4_CHAT.render(p.instruction, p.text) for p in posts],
+                           device=torch.device("cpu"), max_new_tokens=16, batch_size=4, stop_ids=stops,
+                           stop_strings=GLM4_CHAT.stop, pad_id=tokenizer.pad_token_id)
+    options = {"adapter": str(out / "adapter"), "constrained": False, "max_new_tokens": 16, "device": "cpu",
+               "dtype": "float32"}
+    with Analyzer(task="depression", backend="torch", model=str(base), options=options, batch_size=4) as analyzer:
+        theirs = [p.output for p in analyzer.analyze_many(posts)]
+    assert mine == theirs
+    assert any(text.startswith("标签") for text in mine)  # 30 steps already teach the answer's first word
+
+
+# -- kill and resume --------------------------------------------------------------------------
+def _train_command(base, out, *extra):
+    return [sys.executable, "-m", "mentalglm.training", "--model", str(base), "--output", str(out),
+            "--stage", "sample:depression", "--stage", "sample:suicide-risk", "--max-steps", "7",
+            "--batch-size", "2", "--max-length", "1024", "--learning-rate", "2e-3", "--save-every", "2",
+            "--seed", "11", *extra]
+
+
+def test_killed_run_resumes_to_the_same_weights(base, tmp_path):
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    process = subprocess.Popen(_train_command(base, killed), env=SUBPROCESS_ENV, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if (killed / "checkpoints" / "step-2").is_dir():
+            break
+        time.sleep(0.01)
+    if process.poll() is not None:
+        pytest.fail(f"the run ended before it could be killed: {process.stderr.read().decode()[-800:]}")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert not (killed / "train_summary.json").exists()
+
+    # The uninterrupted run and the resumed one side by side (one thread each).
+    uninterrupted = subprocess.Popen(_train_command(base, straight, "--quiet"), env=SUBPROCESS_ENV,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    resumed = subprocess.run(_train_command(base, killed), env=SUBPROCESS_ENV, capture_output=True, text=True,
+                             timeout=300)
+    _, straight_err = uninterrupted.communicate(timeout=300)
+    assert uninterrupted.returncode == 0, straight_err
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr and "Traceback" not in resumed.stderr
+    step = int(resumed.stderr.split("(step ")[1].split(")")[0])
+    assert 2 <= step < 14
+
+    a, b = _adapter_tensors(straight / "adapter"), _adapter_tensors(killed / "adapter")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+    losses = [json.loads((folder / "loss.json").read_text(encoding="utf-8"))["steps"] for folder in (straight, killed)]
+    assert len(losses[0]) == 14 and losses[0] == losses[1]
+    assert len(list((killed / "checkpoints").iterdir())) == 2  # keep the last 2
+    rerun = subprocess.run(_train_command(base, killed), env=SUBPROCESS_ENV, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0 and "already finished" in rerun.stderr
+
+
+# -- bad input stops before training ----------------------------------------------------------
+def _bad(tmp_path, name, rows):
+    return _write_jsonl(tmp_path / name, rows)
+
+
+GOOD = {"instruction": "判断下面这条帖子的发帖者是否表现出抑郁。", "input": "最近总是失眠。",
+        "output": "标签：抑郁\n解释：失眠。"}
+
+
+@pytest.mark.parametrize("case", ["no-output", "empty", "wrong-label", "long-prompt", "malformed"])
+def test_bad_data_is_one_line_before_training(case, base, tmp_path, capsys):
+    extra: list[str] = []
+    if case == "no-output":
+        data, expected = _bad(tmp_path, "d.jsonl", [GOOD, {k: v for k, v in GOOD.items() if k != "output"}]), \
+            r"d\.jsonl:2: field 'output': missing"
+    elif case == "empty":
+        data, expected = tmp_path / "d.jsonl", r"d\.jsonl: no records found"
+        data.write_text("", encoding="utf-8")
+    elif case == "wrong-label":
+        data, expected = _bad(tmp_path, "d.jsonl", [GOOD, GOOD, {**GOOD, "output": "标签：焦虑\n解释：……"}]), \
+            r"d\.jsonl:3: field 'output': label line names no label of task 'depression'.*allowed: 抑郁, 非抑郁"
+        extra = ["--task", "depression"]
+    elif case == "long-prompt":
+        data, expected = _bad(tmp_path, "d.jsonl", [GOOD, {**GOOD, "input": "很长的帖子" * 80}]), \
+            r"d\.jsonl:2: field 'input': the prompt alone is \d+ tokens, no room for the response within --max-length 200"
+        extra = ["--max-length", "200"]
+    else:
+        data = tmp_path / "d.jsonl"
+        data.write_text(json.dumps(GOOD, ensure_ascii=False) + "\n{oops\n", encoding="utf-8")
+        expected = r"d\.jsonl:2: malformed JSON"
+    out = tmp_path / "run"
+    code = main(["--model", str(base), "--data", str(data), "--output", str(out), *extra])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    assert err.startswith("mentalglm: error: ")
+    import re
+
+    assert re.search(expected, err), err
+    assert not out.exists()  # nothing started
+
+
+@pytest.mark.parametrize("extra, expected", [
+    (["--eval-data", "sample:depression"], "eval_data needs task"),
+    (["--precision", "bf16", "--device", "cpu"], "--precision bf16 needs a CUDA GPU"),
+    (["--target-modules", "q_proj,q_prj"], "'q_prj' is not a linear layer of this model"),
+    (["--lora-r", "0"], "command line: --lora-r: Input should be greater than or equal to 1"),
+    (["--lr-scheduler", "cosine", "--data", "sample:depression", "--stage", "sample:depression"], "not both"),
+])
+def test_bad_settings_are_one_line(extra, expected, base, tmp_path, capsys):
+    args = ["--model", str(base), "--output", str(tmp_path / "run"), *extra]
+    if "--data" not in extra:
+        args += ["--data", "sample:depression"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expected in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_config_file_stages_and_overrides(tmp_path, base):
+    import argparse
+
+    from mentalglm.training.cli import add_train_parser
+
+    (tmp_path / "data").mkdir()
+    _write_jsonl(tmp_path / "data" / "en.jsonl", [GOOD])
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(
+        f"model: {base}\noutput: runs/x\nlora_r: 16\ntarget_modules: q_proj,v_proj\nstages:\n"
+        "  - data: [data/en.jsonl]\n    epochs: 1\n  - data: sample:depression\n    learning_rate: 1.0e-4\n",
+        encoding="utf-8")
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers(dest="command"))
+    config = config_from_args(parser.parse_args(["train", "--config", str(config_file), "--lora-r", "4"]))
+    assert config.lora_r == 4 and config.target_modules == ["q_proj", "v_proj"]
+    assert config.output == str(tmp_path / "runs" / "x")
+    assert config.stages[0].data == [str(tmp_path / "data" / "en.jsonl")] and config.stages[0].epochs == 1
+    assert config.stages[1].data == ["sample:depression"] and config.stage_learning_rate(1) == 1e-4
+    assert config.stage_learning_rate(0) == 2e-4 and config.stage_length(0, 10) == (10, 1)
+    assert config.stage_length(1, 10) == (30, 3)
+
+    config_file.write_text(f"model: {base}\noutput: x\nlora_rr: 4\nstages: [{{data: [a.jsonl]}}]\n", encoding="utf-8")
+    with pytest.raises(MentalGLMError, match=r"train\.yaml: setting 'lora_rr': unknown \(did you mean 'lora_r'\?\)"):
+        config_from_args(parser.parse_args(["train", "--config", str(config_file)]))
