@@ -143,21 +143,46 @@ class LlamaCppBackend(Backend):
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """Complete each prompt in turn (llama.cpp decodes one sequence; the shared prefix is reused)."""
+        return [self._complete(request) for request in requests]
+
+    def _complete(self, request: GenerationRequest) -> Completion:
+        # Our own token loop rather than create_completion: that one drops control tokens and
+        # invalid UTF-8 from the text and runs past max_tokens to finish a character, so the
+        # same tokens would read differently from the torch backend's answer.
         opts = self.options
-        completions = []
-        for request in requests:
-            if not opts.prefix_cache:
-                self.llm.reset()
-            tokens = self._tokenize(request.prompt)
-            grammar = self._grammar(request.response_format) if opts.constrained and request.response_format else None
-            result = self.llm.create_completion(
-                tokens, max_tokens=request.max_new_tokens or opts.max_new_tokens, temperature=opts.temperature,
-                top_p=opts.top_p, top_k=0, min_p=0.0, repeat_penalty=1.0,
-                stop=list(request.stop) or None, grammar=grammar, seed=opts.seed)
-            choice = result["choices"][0]
-            completions.append(Completion(request.id, choice["text"], dict(result.get("usage") or {}),
-                                          choice.get("finish_reason") or "stop"))
-        return completions
+        if not opts.prefix_cache:
+            self.llm.reset()
+        tokens = self._tokenize(request.prompt)
+        grammar = self._grammar(request.response_format) if opts.constrained and request.response_format else None
+        budget = request.max_new_tokens if request.max_new_tokens is not None else opts.max_new_tokens
+        self.llm.set_seed(opts.seed)
+        vocab = self.llm._model.vocab
+        generated: list[int] = []
+        finish, text = "length", ""
+        stops = [s for s in request.stop if s]
+        if budget > 0:
+            for token in self.llm.generate(tokens, top_k=0, top_p=opts.top_p, min_p=0.0, temp=opts.temperature,
+                                           repeat_penalty=1.0, grammar=grammar):
+                if self._llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    break
+                generated.append(token)
+                if stops:
+                    text = self._detokenize(generated)
+                    if any(stop in text for stop in stops):
+                        finish = "stop"
+                        break
+                if len(generated) >= budget:
+                    break
+        text = self._detokenize(generated)
+        cuts = [text.find(stop) for stop in stops if stop in text]
+        if cuts:
+            text = text[: min(cuts)]
+        return Completion(request.id, text, {"prompt_tokens": len(tokens), "completion_tokens": len(generated)}, finish)
+
+    def _detokenize(self, ids: list[int]) -> str:
+        """Token ids → text as transformers decodes them (control tokens kept, broken UTF-8 as U+FFFD)."""
+        return self.llm.detokenize(ids, special=True).decode("utf-8", "replace")
 
     def score_labels(self, prompt: str, candidates: Sequence[str]) -> list[float]:
         """Summed log-probabilities of each candidate's tokens after ``prompt``, reusing the prompt's KV cache."""

@@ -9,4 +9,6 @@ from mentalglm.core.hookspecs import hookimpl
 def register_backends(register):
     """Register the backends shipped with mentalglm."""
     register("replay", "mentalglm.backends.replay:ReplayBackend")
+    register("openai", "mentalglm.backends.openai_backend:OpenAIBackend")
+    register("torch", "mentalglm.backends.torch_backend:TorchBackend")
     register("llamacpp", "mentalglm.backends.llamacpp_backend:LlamaCppBackend")
