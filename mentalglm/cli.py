@@ -284,6 +284,14 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_quickstart(args) -> int:
+    """The offline end-to-end demo on the synthetic samples."""
+    from mentalglm.quickstart import run_quickstart
+
+    run_quickstart(cache_dir=args.cache_dir, output_dir=args.output_dir, steps=args.steps)
+    return 0
+
+
 def cmd_inspect(args) -> int:
     """Describe a GGUF file."""
     from mentalglm.converters.gguf_inspect import inspect_gguf, render_inspection
@@ -387,6 +395,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ctx", type=int, default=4096, help="context length for the memory estimate (default 4096)")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("quickstart", help="offline end-to-end demo: train, export, analyse and evaluate on synthetic posts")
+    p.add_argument("--cache-dir", metavar="DIR", help="demo model cache (default ~/.cache/mentalglm/quickstart)")
+    p.add_argument("--output-dir", default="runs/quickstart", metavar="DIR", help="evaluation runs (default runs/quickstart)")
+    p.add_argument("--steps", type=int, help="training steps (default 120)")
+    p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("bench", help="backends side by side: speed, latency, memory, valid outputs, metric")
     p.add_argument("--model", required=True, metavar="DIR", help="model directory (or a .gguf for llamacpp only)")
