@@ -33,3 +33,76 @@ def long_instruction_task():
              "不要猜测帖子之外的信息；引用的歌词、他人的话和玩笑不代表发帖者本人的状态。")
     return ClassificationTask(name="depression-long", instruction=base.instruction + "\n" + guide * 2,
                               labels=[Label(l.name, l.aliases) for l in base.labels])
+
+
+# -- shared by test_backends.py and test_torch_batching.py -------------------------------------
+_SHARED: dict = {}
+
+
+def shared_bench_model(tmp_path_factory) -> Path:
+    """The benchmark model, built once per pytest session for every suite that asks here."""
+    key = ("model", str(tmp_path_factory.getbasetemp()))
+    if key not in _SHARED:
+        _SHARED[key] = build_bench_model(tmp_path_factory.mktemp("bench-shared"))
+    return _SHARED[key]
+
+
+def shared_gguf(tmp_path_factory, outtype: str) -> Path:
+    """The benchmark model exported to GGUF at ``outtype``, once per pytest session."""
+    from mentalglm.converters.gguf_export import export_gguf
+
+    model = shared_bench_model(tmp_path_factory)
+    key = ("gguf", str(tmp_path_factory.getbasetemp()), outtype)
+    if key not in _SHARED:
+        _SHARED[key] = export_gguf(model, model.parent / f"{model.name}-{outtype}.gguf", outtype=outtype).path
+    return _SHARED[key]
+
+
+def model_parameters(model: Path) -> int:
+    """Parameter count of a model directory (its safetensors entries)."""
+    from mentalglm.converters.safetensors_reader import SafetensorsCheckpoint
+
+    total = 0
+    for entry in SafetensorsCheckpoint(model).entries.values():
+        count = 1
+        for size in entry.shape:
+            count *= size
+        total += count
+    return total
+
+
+def depression_posts(n: int) -> list:
+    """The first ``n`` posts of ``sample:depression`` with 20–120 characters (56 such posts exist)."""
+    from mentalglm.core.data import read_posts
+
+    posts = [p for p in read_posts("sample:depression") if 20 <= len(p.text) <= 120][:n]
+    if len(posts) < n:
+        raise ValueError(f"sample:depression has only {len(posts)} posts of 20–120 characters, {n} asked")
+    return posts
+
+
+def alternate(workloads, rounds: int):
+    """Run N workloads for ``rounds`` rounds, rotating the order by one each round.
+
+    Round ``r`` starts with workload ``r mod N`` (the N-variant form of test_llamacpp.py's
+    ``_alternate``), so drift on a noisy machine hits every workload alike.
+
+    Args:
+        workloads: label → zero-argument callable.
+        rounds: rounds to run (each runs every workload once).
+
+    Returns:
+        ``(seconds, results)``: label → list of round seconds, label → what its last call returned.
+    """
+    import time
+
+    labels = list(workloads)
+    seconds: dict = {label: [] for label in labels}
+    results: dict = {}
+    for round_index in range(rounds):
+        shift = round_index % len(labels)
+        for label in labels[shift:] + labels[:shift]:
+            start = time.perf_counter()
+            results[label] = workloads[label]()
+            seconds[label].append(time.perf_counter() - start)
+    return seconds, results

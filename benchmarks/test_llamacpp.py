@@ -31,9 +31,12 @@ def gguf_model(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def posts():
+    from dataclasses import replace
+
     from mentalglm.core.data import read_posts
 
-    return [p for p in read_posts("sample:depression") if 20 <= len(p.text) <= 120][:N_POSTS]
+    # Plain posts: a C-IMHI record's own instruction would replace the task's (long) one.
+    return [replace(p, instruction=None) for p in read_posts("sample:depression") if 20 <= len(p.text) <= 120][:N_POSTS]
 
 
 def _alternate(first, second, rounds):
