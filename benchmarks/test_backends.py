@@ -117,15 +117,6 @@ def posts():
     return depression_posts(N_POSTS)
 
 
-@pytest.fixture
-def torch_threads():
-    """torch uses as many threads as llama.cpp is given, for this test only."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield THREADS
-    torch.set_num_threads(before)
 
 
 def _run(variants, posts, mode):

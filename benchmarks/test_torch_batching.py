@@ -20,7 +20,6 @@ assertion is sanity: every constrained output valid.
 
 from __future__ import annotations
 
-import os
 import statistics
 
 import pytest
@@ -32,7 +31,6 @@ pytest.importorskip("torch", reason="the torch benchmarks need the torch extra")
 ROUNDS = 3 if SCALE == "full" else 2
 N_POSTS = 32
 SIZES = (1, 8, 32)
-THREADS = os.cpu_count() or 1
 MAX_NEW_TOKENS = 32
 
 
@@ -46,14 +44,6 @@ def posts():
     return depression_posts(N_POSTS)
 
 
-@pytest.fixture
-def torch_threads():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(THREADS)
-    yield THREADS
-    torch.set_num_threads(before)
 
 
 @pytest.mark.parametrize("constrained", [False, True], ids=["unconstrained", "constrained"])
