@@ -84,8 +84,8 @@ def depression_posts(n: int) -> list:
 def alternate(workloads, rounds: int):
     """Run N workloads for ``rounds`` rounds, rotating the order by one each round.
 
-    Round ``r`` starts with workload ``r mod N`` (the N-variant form of test_llamacpp.py's
-    ``_alternate``), so drift on a noisy machine hits every workload alike.
+    Round ``r`` starts with workload ``r mod N`` (two workloads simply alternate), so drift on a
+    noisy machine hits every workload alike.
 
     Args:
         workloads: label → zero-argument callable.

@@ -11,11 +11,10 @@ rounds, in one process, and reported as ratios of the median round times.
 from __future__ import annotations
 
 import statistics
-import time
 
 import pytest
 
-from bench_models import SCALE, build_bench_model, long_instruction_task
+from bench_models import SCALE, alternate, build_bench_model, long_instruction_task
 
 ROUNDS = 5 if SCALE == "full" else 1
 N_POSTS = 24 if SCALE == "full" else 4
@@ -39,16 +38,10 @@ def posts():
     return [replace(p, instruction=None) for p in read_posts("sample:depression") if 20 <= len(p.text) <= 120][:N_POSTS]
 
 
-def _alternate(first, second, rounds):
-    """Median seconds of two workloads run in alternating order, so drift hits both alike."""
-    times = ([], [])
-    for index in range(rounds):
-        order = (0, 1) if index % 2 == 0 else (1, 0)
-        for which in order:
-            start = time.perf_counter()
-            (first, second)[which]()
-            times[which].append(time.perf_counter() - start)
-    return statistics.median(times[0]), statistics.median(times[1])
+def _medians(workloads: dict, rounds: int) -> dict:
+    """Median round seconds of each workload, run in rotating order (:func:`bench_models.alternate`)."""
+    seconds, _ = alternate(workloads, rounds)
+    return {label: statistics.median(times) for label, times in seconds.items()}
 
 
 def test_framework_overhead_vs_plain_llama_cpp(benchmark, gguf_model, posts):
@@ -71,7 +64,7 @@ def test_framework_overhead_vs_plain_llama_cpp(benchmark, gguf_model, posts):
                                       temperature=0.0, top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0, stop=stop)
 
         result = {}
-        benchmark.pedantic(lambda: result.update(zip(("ours", "plain"), _alternate(ours, plain, ROUNDS))),
+        benchmark.pedantic(lambda: result.update(_medians({"ours": ours, "plain": plain}, ROUNDS)),
                            rounds=1, iterations=1)
     ratio = result["ours"] / result["plain"]
     benchmark.extra_info.update({"posts": len(posts), "ours_s": result["ours"], "plain_s": result["plain"],
@@ -93,9 +86,9 @@ def test_prefix_reuse_speedup(benchmark, gguf_model, posts):
         with_reuse = Analyzer(task=task, backend=reuse)
         without = Analyzer(task=task, backend=fresh)
         result = {}
-        benchmark.pedantic(lambda: result.update(zip(("on", "off"), _alternate(
-            lambda: list(with_reuse.analyze_many(posts)), lambda: list(without.analyze_many(posts)), ROUNDS))),
-            rounds=1, iterations=1)
+        benchmark.pedantic(lambda: result.update(_medians({"on": lambda: list(with_reuse.analyze_many(posts)),
+                                                           "off": lambda: list(without.analyze_many(posts))}, ROUNDS)),
+                           rounds=1, iterations=1)
     speedup = result["off"] / result["on"]
     benchmark.extra_info.update({"instruction_chars": len(task.instruction), "mean_post_chars": mean_post,
                                  "reuse_on_s": result["on"], "reuse_off_s": result["off"], "speedup": speedup})

@@ -53,3 +53,14 @@ def exported(tiny_models, tmp_path_factory):
         return cache[key]
 
     return get
+
+
+@pytest.fixture
+def one_torch_thread():
+    """torch on one thread for a test: tiny models gain nothing from intra-op threads, and on a
+    busy 2-core machine spinning threads slow them about 10×."""
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

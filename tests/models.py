@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -85,3 +88,19 @@ def llama_greedy(llm, ids: list[int], n: int) -> list[int]:
         out.append(token)
         llm.eval([token])
     return out
+
+
+def kill_when(process, ready: Callable[[], bool], timeout: float = 120, poll: float = 0.02) -> None:
+    """SIGKILL ``process`` as soon as ``ready()`` holds; fail the test if it ends (or times out) first."""
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None and not ready():
+        time.sleep(poll)
+    if process.poll() is not None:
+        pytest.fail(f"the run ended before it could be killed: {process.stderr.read().decode()[-800:]}")
+    if not ready():
+        process.kill()
+        pytest.fail(f"the run was not ready to be killed within {timeout} s")
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)

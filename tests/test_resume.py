@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
-import pytest
 
 from mentalglm.core.data import read_posts
+from models import kill_when
 
 
 def test_killed_run_resumes_without_loss_or_duplicates(exported, tmp_path):
@@ -21,15 +19,7 @@ def test_killed_run_resumes_without_loss_or_duplicates(exported, tmp_path):
             "--option", "n_ctx=1024", "--option", "max_new_tokens=48", "--batch-size", "1", "--quiet"]
     env = {**os.environ, "MENTALGLM_LOAD_PLUGINS": ""}
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if out.exists() and out.read_text(encoding="utf-8").count("\n") >= 5:
-            break
-        time.sleep(0.05)
-    if process.poll() is not None:
-        pytest.fail(f"the run ended before it could be killed: {process.stderr.read().decode()[-500:]}")
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    kill_when(process, lambda: out.exists() and out.read_text(encoding="utf-8").count("\n") >= 5)
     written_before = out.read_text(encoding="utf-8").count("\n")
     total = len(read_posts("sample:depression"))
     assert 5 <= written_before < total

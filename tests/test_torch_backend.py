@@ -29,13 +29,9 @@ TASKS = ("depression", "suicide-risk", "cognitive-distortion", "cognitive-pathwa
 CPU = {"device": "cpu", "dtype": "float32"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a busy 2-core machine spinning threads slow them 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+@pytest.fixture(autouse=True)
+def _one_thread(one_torch_thread):
+    """Every torch-backend test runs torch on one thread."""
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ pytest.importorskip("peft", reason="training needs the torch extra")
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 from mentalglm.core.data import read_records, resolve_path  # noqa: E402
+from models import kill_when  # noqa: E402
 from mentalglm.core.errors import DataError, MentalGLMError  # noqa: E402
 from mentalglm.core.prompt import GLM4_CHAT, PLAIN  # noqa: E402
 from mentalglm.training.cli import config_from_args, main  # noqa: E402
@@ -41,11 +40,8 @@ SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", 
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+def _one_thread(one_torch_thread):
+    """Every training test runs torch on one thread."""
 
 
 @pytest.fixture(scope="module")
@@ -315,15 +311,7 @@ def test_killed_run_resumes_to_the_same_weights(base, tmp_path):
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     process = subprocess.Popen(_train_command(base, killed), env=SUBPROCESS_ENV, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and process.poll() is None:
-        if (killed / "checkpoints" / "step-2").is_dir():
-            break
-        time.sleep(0.01)
-    if process.poll() is not None:
-        pytest.fail(f"the run ended before it could be killed: {process.stderr.read().decode()[-800:]}")
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
+    kill_when(process, lambda: (killed / "checkpoints" / "step-2").is_dir(), poll=0.01)
     assert not (killed / "train_summary.json").exists()
 
     # The uninterrupted run and the resumed one side by side (one thread each).

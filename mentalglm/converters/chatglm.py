@@ -177,7 +177,9 @@ def _token_text(value) -> str | None:
     return value
 
 
-def _chat_template(model_dir: Path, tok_config: dict) -> str | None:
+def chat_template(model_dir: Path, tok_config: dict) -> str | None:
+    """The chat template of a model folder: tokenizer_config.json's (its default entry when the
+    templates are named), else ``chat_template.jinja`` (where transformers 5 saves it), else None."""
     template = tok_config.get("chat_template")
     if isinstance(template, list):  # named templates: the default one
         template = next((t.get("template") for t in template if t.get("name") == "default"), None)
@@ -386,7 +388,7 @@ def _write_tokenizer(src_dir: Path, out_dir: Path, tokenizer, specials: dict[int
                      max_length: int) -> None:
     from mentalglm.converters.tiktoken_bpe import GLM4_CHAT_TEMPLATE, write_hf_tokenizer
 
-    template = _chat_template(src_dir, tok_config) or GLM4_CHAT_TEMPLATE
+    template = chat_template(src_dir, tok_config) or GLM4_CHAT_TEMPLATE
     write_hf_tokenizer(
         tokenizer, out_dir, special_tokens=specials, chat_template=template,
         eos_token=_token_text(tok_config.get("eos_token")) or "<|endoftext|>",

@@ -65,18 +65,16 @@ def _from_tiktoken(model_dir: Path) -> tuple[dict[str, int], list[str], dict[int
 
 
 def _chat_template(model_dir: Path) -> str | None:
+    from mentalglm.converters.chatglm import chat_template
+
     path = model_dir / "tokenizer_config.json"
-    if not path.exists():
-        return None
-    try:
-        template = json.loads(path.read_text(encoding="utf-8")).get("chat_template")
-    except (OSError, ValueError) as exc:
-        raise MentalGLMError(f"{path}: unreadable ({exc})") from None
-    if isinstance(template, list):  # named templates: take the default one
-        template = next((t["template"] for t in template if t.get("name") == "default"), None)
-    if template is None and (model_dir / "chat_template.jinja").exists():
-        template = (model_dir / "chat_template.jinja").read_text(encoding="utf-8")
-    return template
+    config: dict = {}
+    if path.exists():
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise MentalGLMError(f"{path}: unreadable ({exc})") from None
+    return chat_template(model_dir, config)
 
 
 def read_vocab(model_dir: str | Path, vocab_size: int) -> GGUFVocab:
