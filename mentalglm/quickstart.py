@@ -9,7 +9,7 @@
 6. evaluate every task on its held-out posts and print the metric table.
 
 The demo model is a **pipeline demo, not a clinical model**: a few hundred thousand parameters
-trained for a minute on synthetic posts. Its scores are printed as they come out. Everything is
+trained for 120 steps on synthetic posts. Its scores are printed as they come out. Everything is
 cached (``--cache-dir``, default ``~/.cache/mentalglm/quickstart``); a rerun reuses what exists.
 """
 
@@ -147,7 +147,7 @@ def run_quickstart(cache_dir: str | Path | None = None, output_dir: str | Path =
     for task, n, invalid, metric, value in rows:
         say(f"  {task:<{width}}  {n:>5}  {invalid:>7}  {metric} = {value}")
     say(f"  (per-post predictions, metrics.json and report.md under {output_dir}/)")
-    say(f"done in {time.time() - started:.0f} s. These scores belong to a demo model trained for a minute on "
+    say(f"done in {time.time() - started:.0f} s. These scores belong to a tiny demo model trained for a few seconds on "
         "synthetic posts: they show the pipeline works, not how well MentalGLM works.")
     say("\nNext steps with the real MentalGLM weights (download them on a machine with internet):\n"
         "  mentalglm convert --model MentalGLM-chat -o MentalGLM-chat-hf          # for the torch backend\n"
