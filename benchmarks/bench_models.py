@@ -16,14 +16,14 @@ SHAPES = {
 
 def build_bench_model(root: Path) -> Path:
     """The benchmark GLM (random weights; speed does not depend on what the weights say)."""
-    from mentalglm.converters.tiny import build_tiny_glm
+    from mentalglm.demo.tiny import build_tiny_glm
 
     return build_tiny_glm(root / f"glm-{SCALE}", arch="glm", seed=0, **SHAPES[SCALE])
 
 
 def long_instruction_task():
     """The depression task with a long instruction (label definitions and examples), ≥ 4× a typical post."""
-    from mentalglm import ClassificationTask, Label
+    from mentalglm import Label, SingleLabelTask
     from mentalglm.core.plugins import PluginManager
 
     base = PluginManager(load_entry_points=False).task("depression")
@@ -31,8 +31,8 @@ def long_instruction_task():
              "无价值感或过度自责、注意力下降、对未来无望，以及反复出现的死亡念头。只有一时的疲惫、"
              "短暂的失落、考试或工作压力带来的抱怨、正常的哀伤反应，都不应判断为抑郁。请只根据帖子本身的内容判断，"
              "不要猜测帖子之外的信息；引用的歌词、他人的话和玩笑不代表发帖者本人的状态。")
-    return ClassificationTask(name="depression-long", instruction=base.instruction + "\n" + guide * 2,
-                              labels=[Label(l.name, l.aliases) for l in base.labels])
+    return SingleLabelTask(name="depression-long", instruction=base.instruction + "\n" + guide * 2,
+                           labels=[Label(l.name, l.aliases) for l in base.labels])
 
 
 # -- shared by test_backends.py and test_torch_batching.py -------------------------------------
@@ -60,7 +60,7 @@ def shared_gguf(tmp_path_factory, outtype: str) -> Path:
 
 def model_parameters(model: Path) -> int:
     """Parameter count of a model directory (its safetensors entries)."""
-    from mentalglm.converters.safetensors_reader import SafetensorsCheckpoint
+    from mentalglm.modelfiles.safetensors import SafetensorsCheckpoint
 
     total = 0
     for entry in SafetensorsCheckpoint(model).entries.values():

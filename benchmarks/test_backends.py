@@ -66,7 +66,7 @@ _CHILD = textwrap.dedent("""
     from mentalglm import Analyzer
     from mentalglm.backends import llamacpp_backend, torch_backend
     from mentalglm.core.prediction import Post
-    from mentalglm.llamacpp_native import load_llama_cpp
+    from mentalglm.backends.llamacpp_native import load_llama_cpp
 
     def status(key):
         with open("/proc/self/status") as handle:

@@ -27,7 +27,7 @@ CONSTANT = 64 << 20
 _CHILD = textwrap.dedent("""
     import json, sys, time
     from mentalglm.converters.gguf_export import export_gguf
-    from mentalglm.converters.safetensors_reader import SafetensorsCheckpoint
+    from mentalglm.modelfiles.safetensors import SafetensorsCheckpoint
     import gguf, numpy  # imported before the baseline so it counts as constant
     model, out, outtype = sys.argv[1:4]
     largest = max(e.nbytes for e in SafetensorsCheckpoint(model).entries.values())
@@ -49,7 +49,7 @@ _CHILD = textwrap.dedent("""
 
 
 def _build(root: Path, hidden: int, layers: int, ffn: int) -> Path:
-    code = ("import sys; from mentalglm.converters.tiny import build_tiny_glm; "
+    code = ("import sys; from mentalglm.demo.tiny import build_tiny_glm; "
             "build_tiny_glm(sys.argv[1], arch='glm', hidden_size=int(sys.argv[2]), num_layers=int(sys.argv[3]), "
             "num_heads=8, num_kv_heads=2, intermediate_size=int(sys.argv[4]), seed=0)")
     subprocess.run([sys.executable, "-c", code, str(root), str(hidden), str(layers), str(ffn)], check=True,
@@ -87,7 +87,8 @@ def test_export_time_and_peak_rss(benchmark, built, outtype, size, tmp_path):
     run = runs[-1]
     model_bytes = sum(p.stat().st_size for p in model.glob("*.safetensors"))
     growth = run["peak"] - run["baseline"]
-    benchmark.extra_info.update({"size": label, "model_mib": model_bytes / 2**20, "largest_tensor_mib": run["largest"] / 2**20,
+    benchmark.extra_info.update({"size": label, "model_mib": model_bytes / 2**20,
+                                 "largest_tensor_mib": run["largest"] / 2**20,
                                  "peak_growth_mib": growth / 2**20, "export_seconds": run["seconds"],
                                  "ratio_growth_to_largest": growth / run["largest"],
                                  "ratio_growth_to_model": growth / model_bytes})

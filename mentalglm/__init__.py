@@ -17,14 +17,23 @@ from mentalglm.core.hookspecs import hookimpl
 from mentalglm.core.plugins import PluginManager, get_plugin_manager
 from mentalglm.core.prediction import Post, Prediction
 from mentalglm.core.prompt import PromptStyle
-from mentalglm.core.task import ClassificationTask, ExtractionTask, Field, Label, ParsedResponse, Task
+from mentalglm.core.task import (
+    ClassificationTask,
+    ExtractionTask,
+    Field,
+    Label,
+    MultiLabelTask,
+    ParsedResponse,
+    SingleLabelTask,
+    Task,
+)
 from mentalglm.core.taskfile import load_task_file
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Analyzer", "Backend", "BackendOptions", "ClassificationTask", "Completion", "DataError", "ExtractionTask",
-    "Field", "GenerationRequest", "Label", "MentalGLMError", "OptionsError", "ParsedResponse", "PluginError",
-    "PluginManager", "Post", "Prediction", "PromptStyle", "Task", "UnknownNameError", "get_plugin_manager",
-    "hookimpl", "load_task_file",
+    "Field", "GenerationRequest", "Label", "MentalGLMError", "MultiLabelTask", "OptionsError", "ParsedResponse",
+    "PluginError", "PluginManager", "Post", "Prediction", "PromptStyle", "SingleLabelTask", "Task",
+    "UnknownNameError", "get_plugin_manager", "hookimpl", "load_task_file",
 ]

@@ -94,11 +94,13 @@ def parse_variants(spec: str, model: str, workdir: Path, options: dict[str, dict
             else:
                 outtype = (detail or DEFAULT_OUTTYPE).lower()
                 if outtype not in OUTTYPES:
-                    raise MentalGLMError(f"bench: unknown out type '{outtype}' in '{item}'; choose one of {', '.join(OUTTYPES)}")
+                    raise MentalGLMError(f"bench: unknown out type '{outtype}' in '{item}'; "
+                                         f"choose one of {', '.join(OUTTYPES)}")
                 path = str(workdir / f"{Path(model).name}-{outtype}.gguf")
                 if not Path(path).exists():
                     export_gguf(model, path, outtype=outtype)
-            variants.append(Variant(f"llamacpp:{detail or Path(path).stem.rsplit('-', 1)[-1]}", name, path, backend_options))
+            variants.append(Variant(f"llamacpp:{detail or Path(path).stem.rsplit('-', 1)[-1]}", name, path,
+                                    backend_options))
         else:
             if model.endswith(".gguf"):
                 raise MentalGLMError(f"bench: backend '{name}' needs a model directory, not a GGUF file")
@@ -118,7 +120,7 @@ def _rss() -> int:
 
 def machine_info() -> dict:
     """CPU, core count, GPU (if torch sees one) and package versions, for the report."""
-    from mentalglm.core.evaluation import package_versions
+    from mentalglm.core.provenance import package_versions
 
     cpu = platform.processor() or platform.machine()
     try:

@@ -14,6 +14,7 @@ import warnings
 from typing import Sequence
 
 from mentalglm.core.errors import MentalGLMError, OptionsError
+from mentalglm.data_cli import add_data_arguments, add_data_parser, data_mapping
 from mentalglm.training.cli import add_train_parser
 
 EXIT_USER_ERROR = 1
@@ -62,21 +63,27 @@ def cmd_plugins(args) -> int:
     """List plugins and what each provides."""
     pm = _plugins()
     providers = pm.providers()
+    conflicts = pm.conflict_messages()
     if args.json:
         _print_json({"plugins": [vars(p) for p in providers],
-                     "failures": [{"plugin": name, "error": message} for name, message in pm.failures]})
+                     "failures": [{"plugin": name, "error": message} for name, message in pm.failures],
+                     "conflicts": conflicts})
         return 0
     rows = [(p.name, p.version or ("built-in" if p.builtin else "-"), ", ".join(p.tasks) or "-",
              ", ".join(p.prompts) or "-", ", ".join(p.backends) or "-", ", ".join(p.hooks)) for p in providers]
     print(_table(rows, ["plugin", "version", "tasks", "prompts", "backends", "hooks"]))
-    for name, message in pm.failures:
+    for _, message in pm.failures:
         print(f"skipped: {message}", file=sys.stderr)
+    for message in conflicts:
+        print(f"conflict: {message}; that name cannot be used until one plugin is removed", file=sys.stderr)
     return 0
 
 
 def cmd_tasks(args) -> int:
-    """List tasks with kind and labels."""
+    """List tasks with kind and labels, or check task files (``--validate``)."""
     pm = _plugins()
+    if args.validate:
+        return _validate_task_files(args)
     tasks = pm.tasks()
     owners = {t: p.name for p in pm.providers() for t in p.tasks}
     if args.json:
@@ -87,6 +94,22 @@ def cmd_tasks(args) -> int:
         items = getattr(task, "label_names", None) or getattr(task, "field_names", ())
         rows.append((name, task.kind, "、".join(items), task.primary_metric, owners.get(name, "-")))
     print(_table(rows, ["task", "kind", "labels / fields", "primary metric", "plugin"]))
+    return 0
+
+
+def _validate_task_files(args) -> int:
+    from mentalglm.core.taskfile import load_task_file
+
+    checked = []
+    for path in args.validate:
+        task = load_task_file(path)  # a bad file raises a one-line TaskFileError
+        names = getattr(task, "label_names", None) or getattr(task, "field_names", ())
+        checked.append({**task.describe(), "file": path})
+        if not args.json:
+            print(f"{path}: ok — task '{task.name}' ({task.kind}): {'、'.join(names)}; "
+                  f"primary metric {task.primary_metric}; use it as --task {path}")
+    if args.json:
+        _print_json({"tasks": checked})
     return 0
 
 
@@ -114,24 +137,27 @@ def cmd_backends(args) -> int:
     return 0
 
 
-def _analyzer(args):
+def _analyzer(args, task):
     from mentalglm.core.analyzer import Analyzer
 
-    return Analyzer(task=args.task, backend=args.backend, model=args.model, prompt=args.prompt,
+    return Analyzer(task=task, backend=args.backend, model=args.model, prompt=args.prompt,
                     options=_parse_options(args.option), system=args.system, batch_size=args.batch_size,
-                    mode=args.mode, explain=not args.no_explain, redact=args.redact)
+                    mode=args.mode, explain=not args.no_explain, redact=args.redact,
+                    strict_format=args.strict_format)
 
 
-def _print_prediction(prediction) -> None:
+def _print_prediction(prediction, response_format) -> None:
     status = "" if prediction.valid else f"  [invalid: {prediction.problem}]"
     if prediction.fields is not None:
         print(f"[{prediction.id}]{status}")
         for name, value in prediction.fields.items():
-            print(f"  {name}：{value or '—'}")
+            print(f"  {response_format.field_head(name)}{value or '—'}")
+    elif prediction.valid:
+        print(f"[{prediction.id}] {response_format.label_line(prediction.labels)}{status}")
     else:
-        print(f"[{prediction.id}] 标签：{'、'.join(prediction.labels) or '—'}{status}")
+        print(f"[{prediction.id}] {response_format.label_head}—{status}")
     if prediction.explanation:
-        print(f"  解释：{prediction.explanation}")
+        print(f"  {response_format.explanation_head}{prediction.explanation}")
 
 
 def cmd_analyze(args) -> int:
@@ -145,48 +171,77 @@ def cmd_analyze(args) -> int:
         raise MentalGLMError("no posts: give TEXT arguments or --input FILE")
     pm = _plugins()
     task = pm.task(args.task)
-    posts = read_posts(args.input, task) if args.input else [Post(id=str(i), text=t) for i, t in enumerate(args.text, 1)]
-    with _analyzer(args) as analyzer:
+    posts = (read_posts(args.input, task, data_mapping(args)) if args.input
+             else [Post(id=str(i), text=t) for i, t in enumerate(args.text, 1)])
+    with _analyzer(args, task) as analyzer:
         if args.output:
-            summary = analyzer.run(posts, args.output, progress=False if args.quiet else None)
+            summary = analyzer.run(posts, args.output, progress=False if args.quiet else None, data=args.input,
+                                   retry_hint="use another --output or delete it and its .run.json")
             result = {"output": summary.output, "posts": summary.total, "analysed": summary.analysed,
-                      "skipped": summary.skipped, "invalid": summary.invalid}
+                      "skipped": summary.skipped, "invalid": summary.invalid,
+                      "without_label_line": summary.without_label_line}
             if args.json:
                 _print_json(result)
             else:
                 print(f"{summary.analysed} posts analysed, {summary.skipped} already done, "
-                      f"{summary.invalid} invalid → {summary.output}")
+                      f"{summary.invalid} invalid, {summary.without_label_line} read without a label line "
+                      f"→ {summary.output}")
             return 0
+        analyzer.backend.preflight([p.id for p in posts])
         for prediction in analyzer.analyze_many(posts):
             if args.json and len(posts) == 1:
                 _print_json(prediction.to_dict())
             elif args.json:
                 sys.stdout.write(json.dumps(prediction.to_dict(), ensure_ascii=False) + "\n")
             else:
-                _print_prediction(prediction)
+                _print_prediction(prediction, analyzer.response_format)
     return 0
 
 
 def cmd_evaluate(args) -> int:
     """Evaluate on gold-labelled data; write predictions, metrics and a report."""
     from mentalglm.core.data import read_posts
-    from mentalglm.core.evaluation import evaluate, headline_metrics
+    from mentalglm.core.evaluation import evaluate
 
     pm = _plugins()
     task = pm.task(args.task)
-    posts = read_posts(args.data, task)
-    with _analyzer(args) as analyzer:
+    posts = read_posts(args.data, task, data_mapping(args))
+    with _analyzer(args, task) as analyzer:
         document = evaluate(analyzer, posts, args.output_dir, data=args.data,
-                            progress=False if args.quiet else None)
+                            progress=False if args.quiet else None, bootstrap=args.bootstrap, seed=args.seed)
     if args.json:
         _print_json(document)
         return 0
     counts = document["counts"]
-    print(f"{task.name}: {counts['posts']} posts, {counts['invalid']} invalid outputs "
-          f"({counts['resumed']} resumed from an earlier run)")
-    print(_table([(k, f"{v:.4f}" if isinstance(v, float) else v) for k, v in headline_metrics(document["metrics"])],
-                 ["metric", "value"]))
+    print(f"{task.name}: {counts['posts']} posts, {counts['invalid']} invalid outputs, "
+          f"{counts['without_label_line']} read without a label line ({counts['resumed']} resumed from an earlier run)")
+    print(_metric_table(document))
     print(f"wrote {args.output_dir}/predictions.jsonl, metrics.json, report.md")
+    return 0
+
+
+def _metric_table(document: dict) -> str:
+    """Headline metrics as ``value [low, high]``, then how the intervals were made."""
+    from mentalglm.core.evaluation import headline_metrics, interval_note
+    from mentalglm.core.statistics import format_interval
+
+    intervals = document.get("intervals") or {}
+    rows = [(k, (f"{v:.4f}" if isinstance(v, float) else str(v)) + (f" {format_interval(intervals[k])}"
+                                                                       if k in intervals else ""))
+            for k, v in headline_metrics(document["metrics"])]
+    return _table(rows, ["metric", "value [95 % CI]"]) + "\n" + interval_note(document)
+
+
+def cmd_compare(args) -> int:
+    """Compare two evaluation runs on the same posts, paired: deltas with CIs, McNemar, Cohen's κ."""
+    from mentalglm.core.compare import compare_runs, render_comparison
+
+    document = compare_runs(args.run_a, args.run_b, task=args.task, resamples=args.bootstrap, seed=args.seed,
+                            plugins=_plugins())
+    if args.json:
+        _print_json(document)
+    else:
+        print(render_comparison(document, table=_table))
     return 0
 
 
@@ -215,8 +270,8 @@ def cmd_export(args) -> int:
 
 def cmd_sizes(args) -> int:
     """File size and memory of a model per GGUF out type, from its config alone."""
-    from mentalglm.converters.glm_spec import read_spec
     from mentalglm.converters.gguf_export import OUTTYPES
+    from mentalglm.converters.glm_spec import read_spec
     from mentalglm.converters.sizing import estimate, parameter_count
 
     spec = read_spec(args.model)
@@ -255,7 +310,7 @@ def cmd_bench(args) -> int:
     for backend in ("torch", "llamacpp"):
         options.setdefault(backend, {}).setdefault("max_new_tokens", str(args.max_new_tokens))
     task = _plugins().task(args.task)
-    posts = read_posts(args.data, task)[: args.posts]
+    posts = read_posts(args.data, task, data_mapping(args))[: args.posts]
     out_dir = Path(args.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     variants = parse_variants(args.backends, args.model, out_dir, options)
@@ -286,7 +341,7 @@ def cmd_bench(args) -> int:
 
 def cmd_quickstart(args) -> int:
     """The offline end-to-end demo on the synthetic samples."""
-    from mentalglm.quickstart import run_quickstart
+    from mentalglm.demo.quickstart import run_quickstart
 
     run_quickstart(cache_dir=args.cache_dir, output_dir=args.output_dir, steps=args.steps)
     return 0
@@ -330,8 +385,9 @@ def cmd_merge(args) -> int:
 
 # -- argument parsing -------------------------------------------------------------------------
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--task", required=True, help="task name (see `mentalglm tasks`)")
-    parser.add_argument("--backend", default="llamacpp", help="backend name (see `mentalglm backends`); default llamacpp")
+    parser.add_argument("--task", required=True, help="task name (see `mentalglm tasks`) or a task file (.yaml/.toml)")
+    parser.add_argument("--backend", default="llamacpp",
+                        help="backend name (see `mentalglm backends`); default llamacpp")
     parser.add_argument("--model", help="what the backend loads: GGUF file, model directory, saved outputs…")
     parser.add_argument("--prompt", default="glm4-chat", help="prompt style (glm4-chat or plain); default glm4-chat")
     parser.add_argument("--system", help="system message for chat prompt styles")
@@ -346,8 +402,31 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="redact phone numbers, e-mails, URLs, @mentions, ID numbers before the backend sees posts "
                              "(default: on for the openai backend only)")
     redact.add_argument("--no-redact", dest="redact", action="store_false", help="never redact")
+    parser.add_argument("--strict-format", action="store_true",
+                        help="only answers with a label line (标签：…) count; others are invalid")
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     parser.add_argument("--json", action="store_true", help="JSON on stdout")
+
+
+def _count(text: str) -> int:
+    """An argparse type: a whole number ≥ 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected zero or more, got {value}")
+    return value
+
+
+def _add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
+    from mentalglm.core.statistics import DEFAULT_RESAMPLES, DEFAULT_SEED  # light: no numpy at import
+
+    parser.add_argument("--bootstrap", type=_count, default=DEFAULT_RESAMPLES, metavar="N",
+                        help="percentile-bootstrap resamples over posts for the 95 %% intervals (default %(default)s; "
+                             "0: off, rates keep their Wilson interval)")
+    parser.add_argument("--seed", type=_count, default=DEFAULT_SEED,
+                        help="seed of the bootstrap resampling (default %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -363,6 +442,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_plugins)
 
     p = sub.add_parser("tasks", help="tasks with kind and labels")
+    p.add_argument("--validate", nargs="+", metavar="FILE", help="check task files (.yaml/.toml) instead of listing")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p.set_defaults(func=cmd_tasks)
 
@@ -375,19 +455,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", nargs="*", metavar="TEXT", help="posts to analyse")
     p.add_argument("--input", metavar="FILE", help="posts file (.jsonl, .json, .csv, .tsv, .txt) or sample:NAME")
     p.add_argument("--output", metavar="FILE", help="append predictions to this JSONL file; reruns resume")
+    add_data_arguments(p)
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("evaluate", help="score a backend on gold-labelled data")
     _add_model_arguments(p)
-    p.add_argument("--data", required=True, metavar="FILE", help="gold-labelled posts or C-IMHI records, or sample:NAME")
+    p.add_argument("--data", required=True, metavar="FILE",
+                   help="gold-labelled posts or C-IMHI records, or sample:NAME")
     p.add_argument("--output-dir", required=True, metavar="DIR",
                    help="where predictions.jsonl, metrics.json and report.md go; reruns resume")
+    _add_bootstrap_arguments(p)
+    add_data_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("compare", help="two evaluation runs on the same posts, paired: deltas with 95 %% CIs, "
+                                       "McNemar, Cohen's κ, the posts they disagree on")
+    p.add_argument("run_a", metavar="RUN_A", help="evaluation folder (evaluate --output-dir) of the baseline")
+    p.add_argument("run_b", metavar="RUN_B", help="evaluation folder of the run compared with it (deltas are B − A)")
+    p.add_argument("--task", help="task file the runs used, when they used one rather than a task name")
+    _add_bootstrap_arguments(p)
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+    p.set_defaults(func=cmd_compare)
+
     add_train_parser(sub)
+    add_data_parser(sub)
 
     p = sub.add_parser("export", help="convert a GLM model (and LoRA adapter) to a GGUF file for llama.cpp")
-    p.add_argument("--model", required=True, metavar="DIR", help="GlmForCausalLM, Glm4ForCausalLM or ChatGLM-layout directory")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="GlmForCausalLM, Glm4ForCausalLM or ChatGLM-layout directory")
     p.add_argument("--adapter", metavar="DIR", help="peft LoRA adapter to merge while converting")
     p.add_argument("--outtype", default="f16", help="f32, f16, bf16, q8_0, q4_k_m, q5_k_m or q6_k (default f16)")
     p.add_argument("-o", "--output", required=True, metavar="FILE.gguf", help="the GGUF file to write")
@@ -396,10 +491,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("quickstart", help="offline end-to-end demo: train, export, analyse and evaluate on synthetic posts")
+    p = sub.add_parser("quickstart",
+                       help="offline end-to-end demo: train, export, analyse and evaluate on synthetic posts")
     p.add_argument("--cache-dir", metavar="DIR", help="demo model cache (default ~/.cache/mentalglm/quickstart)")
-    p.add_argument("--output-dir", default="runs/quickstart", metavar="DIR", help="evaluation runs (default runs/quickstart)")
-    p.add_argument("--steps", type=int, help="training steps (default 120)")
+    p.add_argument("--output-dir", default="runs/quickstart", metavar="DIR",
+                   help="evaluation runs (default runs/quickstart)")
+    p.add_argument("--steps", type=int, help="training steps (default 60)")
     p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("bench", help="backends side by side: speed, latency, memory, valid outputs, metric")
@@ -417,11 +514,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", default="runs/bench", metavar="DIR", help="bench.json, bench.png, exported GGUFs")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
+    add_data_arguments(p)
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("sizes", help="file size and memory per GGUF out type, computed from a model's config")
-    p.add_argument("--model", required=True, metavar="DIR", help="model directory or its config.json (weights not needed)")
-    p.add_argument("--ctx", type=int, action="append", help="context length(s) for the memory column (default 4096, 32768)")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="model directory or its config.json (weights not needed)")
+    p.add_argument("--ctx", type=int, action="append",
+                   help="context length(s) for the memory column (default 4096, 32768)")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p.set_defaults(func=cmd_sizes)
 
@@ -430,8 +530,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("convert", help="import an original THUDM ChatGLM-layout checkpoint as a transformers-native GLM")
-    p.add_argument("--model", required=True, metavar="DIR", help="ChatGLM-layout directory (e.g. the released MentalGLM)")
+    p = sub.add_parser("convert",
+                       help="import an original THUDM ChatGLM-layout checkpoint as a transformers-native GLM")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="ChatGLM-layout directory (e.g. the released MentalGLM)")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="where the GlmForCausalLM directory goes")
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], help="weights dtype (default: as stored)")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
@@ -443,6 +545,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="where the merged model goes")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p.set_defaults(func=cmd_merge)
+    for command in sub.choices.values():  # -v also after the sub-command: `mentalglm analyze -v …`
+        if "-v" not in command._option_string_actions:
+            command.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                                 help="more logging on stderr (-vv: debug)")
     return parser
 
 

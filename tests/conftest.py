@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Sequence
 
 # Before anything builds a plugin manager: no installed third-party plugins in tests.
 os.environ["MENTALGLM_LOAD_PLUGINS"] = ""
@@ -10,7 +16,78 @@ os.environ.pop("MENTALGLM_STRICT_PLUGINS", None)
 
 import pytest  # noqa: E402
 
+from mentalglm.core.backend import Backend, Completion, GenerationRequest  # noqa: E402
 from mentalglm.core.plugins import PluginManager, reset_plugin_manager  # noqa: E402
+
+
+def run_cli(*args, env_extra=None, cwd=None, timeout=120):
+    """Run ``python -m mentalglm`` in a subprocess (the real entry point, real stdout/stderr)."""
+    env = {**os.environ, "MENTALGLM_LOAD_PLUGINS": "", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "mentalglm", *args], capture_output=True, text=True,
+                          env=env, cwd=cwd, timeout=timeout)
+
+
+def free_port() -> int:
+    """A TCP port on the loopback interface that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RecordingBackend(Backend):
+    """An in-process fake backend (simonw/llm's ``MockModel`` idea): enqueue answers, inspect requests.
+
+    ``answers`` are returned in order (then ``default``); ``scores`` maps a label to the score
+    :meth:`score_labels` gives it. Every request and scoring call is kept for assertions.
+    """
+
+    name = "recording"
+    description = "test double"
+    capabilities = frozenset({"generate", "score_labels"})
+    requires_model = False
+
+    def __init__(self, answers: Sequence[str] = (), *, default: str = "标签：非抑郁\n解释：无。",
+                 scores: dict | None = None, context_length: int | None = None, options=None):
+        super().__init__(None, options)
+        self.answers, self.default = list(answers), default
+        self.label_scores = dict(scores or {})
+        self._context_length = context_length
+        self.requests: list[GenerationRequest] = []
+        self.scored: list[tuple[str, list[str]]] = []
+        self.preflighted: list[list[str]] = []
+        self.closed = False
+
+    def enqueue(self, *answers: str) -> None:
+        """Answers for the next requests, in order."""
+        self.answers.extend(answers)
+
+    def preflight(self, post_ids):
+        self.preflighted.append(list(post_ids))
+
+    def generate(self, requests):
+        self.requests.extend(requests)
+        return [Completion(r.id, self.answers.pop(0) if self.answers else self.default,
+                           {"prompt_tokens": len(r.prompt), "completion_tokens": 1}) for r in requests]
+
+    def score_labels(self, prompt, candidates):
+        self.scored.append((prompt, list(candidates)))
+        return [self.label_scores.get(c, -10.0) for c in candidates]
+
+    def token_count(self, text):
+        return len(text)  # one "token" per character keeps truncation arithmetic readable
+
+    @property
+    def context_length(self):
+        return self._context_length
+
+    def close(self):
+        self.closed = True
+
+
+@pytest.fixture
+def recording():
+    """A fresh :class:`RecordingBackend`."""
+    return RecordingBackend()
 
 
 @pytest.fixture
@@ -64,3 +141,45 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def llama_server(exported, tmp_path_factory):
+    """``(base_url, gguf_path)`` of a running ``python -m llama_cpp.server``, stopped afterwards."""
+    for module in ("uvicorn", "fastapi", "sse_starlette", "pydantic_settings", "starlette_context"):
+        pytest.importorskip(module, reason="the real-server tests need llama-cpp-python[server]")
+    path = exported("glm", "f32")
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    env = {k: v for k, v in os.environ.items() if k.upper() not in ("API_KEY", "CONFIG_FILE", "MODEL", "HOST", "PORT")}
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", "127.0.0.1",
+             "--port", str(port), "--n_ctx", "512", "--n_threads", "2"],
+            stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"llama_cpp.server exited with {process.returncode}:\n{log_path.read_text()[-2000:]}")
+            try:
+                with opener.open(f"{base_url}/models", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama_cpp.server did not answer within 60 s:\n{log_path.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield base_url, path
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+

@@ -30,7 +30,7 @@ def build_models(root: Path) -> dict[str, Path]:
     HF-native configs); ``glm4`` is GLM-4-0414 with its extra norms; ``chatglm`` is ``glm``
     written in the original THUDM layout.
     """
-    from mentalglm.converters.tiny import build_tiny_glm, write_chatglm_layout
+    from mentalglm.demo.tiny import build_tiny_glm, write_chatglm_layout
 
     glm = build_tiny_glm(root / "glm", arch="glm", hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                          intermediate_size=256, rope_theta=5e6, rms_norm_eps=1e-6, seed=1)
@@ -63,12 +63,11 @@ def hf_greedy(model_dir: Path, ids: list[int], n: int) -> list[int]:
 
 def load_llama(path: Path, **kwargs):
     """A llama_cpp.Llama on ``path`` with all logits and an f32 KV cache (for parity tests)."""
-    from mentalglm.llamacpp_native import load_llama_cpp
+    from mentalglm.backends.llamacpp_native import open_llama
 
-    llama_cpp = load_llama_cpp()
-    options = dict(n_ctx=512, logits_all=True, verbose=False, type_k=0, type_v=0, n_threads=2, seed=0)
+    options = dict(n_ctx=512, logits_all=True, type_k=0, type_v=0, n_threads=2, seed=0)
     options.update(kwargs)
-    return llama_cpp.Llama(str(path), **options)
+    return open_llama(path, **options)
 
 
 def llama_logits(llm, ids: list[int]) -> np.ndarray:

@@ -8,8 +8,6 @@ import pytest
 from mentalglm import Analyzer
 from mentalglm.core.data import read_posts
 
-from test_openai_backend import llama_server  # noqa: F401  (the real-server fixture)
-
 OPTIONS = {"max_new_tokens": 32}
 
 
@@ -56,13 +54,15 @@ def test_torch_and_llamacpp_unconstrained_greedy_outputs_are_identical(tiny_mode
 
 def test_score_mode_agrees(torch_backend, llama_backend):
     posts = _posts("depression", 4)
-    for mine, theirs in zip(Analyzer(task="depression", backend=torch_backend, mode="score", explain=False).analyze_many(posts),
-                            Analyzer(task="depression", backend=llama_backend, mode="score", explain=False).analyze_many(posts)):
+    for mine, theirs in zip(Analyzer(task="depression", backend=torch_backend, mode="score",
+                                     explain=False).analyze_many(posts),
+                            Analyzer(task="depression", backend=llama_backend, mode="score",
+                                     explain=False).analyze_many(posts)):
         assert mine.labels == theirs.labels
         assert mine.scores == pytest.approx(theirs.scores, abs=1e-3)
 
 
-def test_openai_backend_on_llama_server_equals_llamacpp_in_process(llama_server, exported):  # noqa: F811
+def test_openai_backend_on_llama_server_equals_llamacpp_in_process(llama_server, exported):
     from mentalglm.backends.llamacpp_backend import LlamaCppBackend
     from mentalglm.backends.openai_backend import OpenAIBackend
 

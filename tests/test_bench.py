@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from test_cli import run_cli
+from conftest import run_cli
 
 
 def test_bench_table_json_and_chart(tiny_models, tmp_path):

@@ -22,14 +22,14 @@ from mentalglm.converters.chatglm import (  # noqa: E402
     is_chatglm_layout,
     tokenizer_json_from_tiktoken,
 )
-from mentalglm.converters.tiny import (  # noqa: E402
+from mentalglm.core.errors import MentalGLMError  # noqa: E402
+from mentalglm.demo.tiny import (  # noqa: E402
     GLM4_SPECIAL_TOKENS,
     TOKENIZER_CHECK_TEXTS,
     build_tiny_glm,
     build_tokenizer,
     write_chatglm_layout,
 )
-from mentalglm.core.errors import MentalGLMError  # noqa: E402
 
 THUDM_KEYS = {
     "architectures", "model_type", "auto_map", "add_bias_linear", "add_qkv_bias", "apply_query_key_layer_scaling",

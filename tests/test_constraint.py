@@ -45,7 +45,8 @@ def test_half_characters_are_allowed_prefixes(tasks):
 
 
 def test_constrained_answers_parse_back(tasks):
-    for name, answer in (("depression", "标签：非抑郁\n解释：x"), ("cognitive-distortion", "标签：读心术、放大\n解释：x"),
+    for name, answer in (("depression", "标签：非抑郁\n解释：x"),
+                         ("cognitive-distortion", "标签：读心术、放大\n解释：x"),
                          ("cognitive-pathway", "诱发事件：a\n信念：b\n结果：c\n反驳：无\n解释：x")):
         task = tasks[name]
         assert task.response_format().in_free_text(answer.encode())

@@ -16,9 +16,11 @@ def write(path, text, encoding="utf-8"):
 
 
 def test_jsonl_posts_with_labels(tmp_path, tasks):
-    path = write(tmp_path / "p.jsonl", '{"id": "a", "text": "好累", "label": "抑郁"}\n\n{"id": 7, "text": "开心", "label": "not depressed"}\n')
+    path = write(tmp_path / "p.jsonl", '{"id": "a", "text": "好累", "label": "抑郁"}\n\n'
+                                       '{"id": 7, "text": "开心", "label": "not depressed"}\n')
     posts = read_posts(path, tasks["depression"])
-    assert [(p.id, p.text, p.gold, p.line) for p in posts] == [("a", "好累", ("抑郁",), 1), ("7", "开心", ("非抑郁",), 3)]
+    assert [(p.id, p.text, p.gold, p.line) for p in posts] == [("a", "好累", ("抑郁",), 1),
+                                                                ("7", "开心", ("非抑郁",), 3)]
 
 
 def test_ids_default_to_position(tmp_path, tasks):
@@ -52,8 +54,10 @@ def test_txt_one_post_per_line(tmp_path, tasks):
 
 
 def test_multi_label_and_extraction_gold(tmp_path, tasks):
-    path = write(tmp_path / "m.jsonl", '{"text": "a", "label": ["读心术", "mind reading", "放大"]}\n{"text": "b", "label": "读心术、先知错误"}\n')
-    assert [p.gold for p in read_posts(path, tasks["cognitive-distortion"])] == [("读心术", "放大"), ("读心术", "先知错误")]
+    path = write(tmp_path / "m.jsonl", '{"text": "a", "label": ["读心术", "mind reading", "放大"]}\n'
+                                       '{"text": "b", "label": "读心术、先知错误"}\n')
+    assert [p.gold for p in read_posts(path, tasks["cognitive-distortion"])] == [("读心术", "放大"),
+                                                                                 ("读心术", "先知错误")]
     fields = {"诱发事件": "被骂", "信念": "我没用", "结果": "哭", "反驳": "无"}
     path = write(tmp_path / "e.jsonl", json.dumps({"text": "x", "label": fields}, ensure_ascii=False))
     assert read_posts(path, tasks["cognitive-pathway"])[0].gold == fields
@@ -73,7 +77,7 @@ def test_multi_label_and_extraction_gold(tmp_path, tasks):
     ("bad.jsonl", '{"instruction": "判断。", "output": "标签：抑郁"}\n', r"bad.jsonl:1: field 'input': missing"),
     ("bad.json", '[\n  {"text": "a"},\n  {"text": "b",}\n]', r"bad.json:3: malformed JSON"),
     ("bad.json", '[\n  {"text": "a"},\n  {"txt": "b"}\n]', r"bad.json:3: field 'text': missing"),
-    ("bad.csv", "id,post\n1,hi\n", r"bad.csv:1: field 'text': missing from the header"),
+    ("bad.csv", "id,body\n1,hi\n", r"bad.csv:1: field 'text': missing from the header"),
     ("bad.csv", "id,text,label\n1,hi,抑郁\n2,there\n", r"bad.csv:3: expected 3 columns, found 2"),
     ("bad.csv", "text,label\n好累,sad\n", r"bad.csv:2: field 'label': 'sad' is not a label"),
     ("empty.jsonl", "\n\n", r"empty.jsonl: no posts found"),
@@ -88,8 +92,9 @@ def test_bad_input_is_one_line_with_file_line_field(tmp_path, tasks, name, conte
 
 
 def test_not_utf8_names_the_line(tmp_path, tasks):
+    # GBK text is now read (GB18030 is detected); a byte that fits no encoding is still an error.
     path = tmp_path / "gbk.jsonl"
-    path.write_bytes('{"text": "ok"}\n'.encode() + '{"text": "好累"}\n'.encode("gbk"))
+    path.write_bytes('{"text": "ok"}\n'.encode() + b'{"text": "\xff\xff"}\n')
     with pytest.raises(DataError, match=r"gbk.jsonl:2: not valid UTF-8"):
         read_posts(path, tasks["depression"])
 
@@ -119,3 +124,15 @@ def test_appender_repairs_torn_tail_and_resume_reads_ids(tmp_path):
     with JsonlAppender(path) as sink:
         sink.write({"id": "2", "output": "b"})
     assert [json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines()] == ["1", "2"]
+
+
+@pytest.mark.parametrize("layout", ["array", "jsonl"])
+def test_deeply_nested_json_is_a_one_line_error_not_a_recursion_traceback(tmp_path, tasks, layout):
+    from mentalglm.core.data import read_posts
+
+    nested = "[" * 5000 + "]" * 5000
+    path = tmp_path / "deep.json"
+    path.write_text(nested if layout == "array" else '{"id": "1", "text": "好"}\n' + nested + "\n", encoding="utf-8")
+    with pytest.raises(DataError, match="nested too deeply") as caught:
+        read_posts(path, tasks["depression"])
+    assert str(path) in str(caught.value) and "\n" not in str(caught.value)

@@ -40,3 +40,31 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
 
 def test_samples_are_marked_synthetic_in_readme():
     assert "synthetic" in README.lower()
+
+
+def _usage_commands_without_a_model() -> list[list[str]]:
+    """The README's Usage examples that need no model: replay backend, task validation."""
+    import shlex
+
+    block = re.search(r"## Usage.*?```bash\n(.*?)```", README, re.S).group(1)
+    commands = []
+    for line in block.splitlines():
+        line = line.split("  #")[0].strip()
+        if line.startswith("mentalglm ") and ("--backend replay" in line or "--validate" in line):
+            commands.append(shlex.split(line)[1:])
+    return commands
+
+
+@pytest.mark.parametrize("args", _usage_commands_without_a_model(), ids=lambda a: " ".join(a[:3]))
+def test_readme_usage_examples_run_as_written(args, tmp_path):
+    from conftest import run_cli
+
+    # Outputs go to a temporary folder; everything else is exactly what the README says.
+    moved = [str(tmp_path / a) if previous in ("--output", "--output-dir") else a
+             for previous, a in zip([None, *args], args)]
+    result = run_cli(*moved, cwd=ROOT)
+    assert result.returncode == 0, f"{' '.join(args)}\n{result.stderr}"
+
+
+def test_readme_has_model_free_usage_examples():
+    assert len(_usage_commands_without_a_model()) >= 4

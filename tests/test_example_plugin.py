@@ -1,4 +1,4 @@
-"""The plugin guide's example package, pip-installed for real, works end to end."""
+"""The plugin guide's example packages, pip-installed for real, work end to end."""
 
 from __future__ import annotations
 
@@ -10,19 +10,23 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "mentalglm-loneliness"
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+EXAMPLE = EXAMPLES / "mentalglm-loneliness"
+REVIEW_QUEUE = EXAMPLES / "mentalglm-review-queue"
 
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory):
-    """The example installed with pip into its own folder, put on PYTHONPATH like site-packages."""
+    """The examples installed with pip into their own folder, put on PYTHONPATH like site-packages."""
     target = tmp_path_factory.mktemp("site")
     build = tmp_path_factory.mktemp("build")
     result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                             "--no-index", "--target", str(target), str(EXAMPLE)],
+                             "--no-index", "--target", str(target), str(EXAMPLE), str(REVIEW_QUEUE)],
                             capture_output=True, text=True, timeout=300, cwd=build)
     assert result.returncode == 0, result.stderr
     env = {k: v for k, v in os.environ.items() if k != "MENTALGLM_LOAD_PLUGINS"}
+    # The review-queue example writes its queue in the working directory unless told otherwise.
+    env["MENTALGLM_REVIEW_QUEUE"] = str(tmp_path_factory.mktemp("queue") / "review-queue.jsonl")
     env["PYTHONPATH"] = os.pathsep.join([str(target), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     return env
 
@@ -54,4 +58,24 @@ def test_installed_plugin_task_evaluates_with_replay(installed, tmp_path):
 def test_env_var_keeps_installed_plugins_out(installed):
     env = {**installed, "MENTALGLM_LOAD_PLUGINS": ""}
     names = {p["name"] for p in json.loads(mentalglm(env, "plugins", "--json").stdout)["plugins"]}
-    assert "loneliness" not in names
+    assert "loneliness" not in names and "review-queue" not in names
+
+
+def test_python_task_reads_numbered_levels_and_the_hook_queues_risky_posts_once(installed, tmp_path):
+    plugins = {p["name"]: p for p in json.loads(mentalglm(installed, "plugins", "--json").stdout)["plugins"]}
+    assert plugins["review-queue"]["tasks"] == ["risk-level"] and plugins["review-queue"]["hooks"] == [
+        "on_prediction", "register_tasks"]
+    data = REVIEW_QUEUE / "mentalglm_review_queue" / "data"
+    env = {**installed, "MENTALGLM_REVIEW_QUEUE": str(tmp_path / "queue.jsonl")}
+    args = ("evaluate", "--task", "risk-level", "--data", str(data / "posts.jsonl"), "--backend", "replay",
+            "--model", str(data / "outputs.jsonl"), "--output-dir", str(tmp_path / "run"), "--json")
+    result = mentalglm(env, *args)
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    # r-2 answered "风险等级：3" (read as 高 by the task's own parser), r-5 is unreadable: 4 of 5 right.
+    assert document["metrics"]["accuracy"] == pytest.approx(4 / 5) and document["counts"]["invalid"] == 1
+    queue = [json.loads(line) for line in (tmp_path / "queue.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(q["id"], q["labels"]) for q in queue] == [("r-2", ["高"]), ("r-4", ["中"]), ("r-5", [])]
+    assert all("text" not in q for q in queue)
+    assert mentalglm(env, *args).returncode == 0  # a rerun resumes: nothing is queued twice
+    assert len((tmp_path / "queue.jsonl").read_text(encoding="utf-8").splitlines()) == 3

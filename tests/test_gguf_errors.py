@@ -73,7 +73,7 @@ def test_failure_midway_leaves_no_partial_file_and_keeps_the_old_one(tiny_models
 
 
 def test_cli_export_and_inspect(tiny_models, tmp_path):
-    from test_cli import run_cli
+    from conftest import run_cli
 
     out = tmp_path / "m.gguf"
     result = run_cli("export", "--model", str(tiny_models["glm4"]), "--outtype", "q8_0", "-o", str(out), "--json")
@@ -90,10 +90,16 @@ def test_cli_export_and_inspect(tiny_models, tmp_path):
     assert bad.returncode == 1 and bad.stderr.strip().endswith("does not exist") and "Traceback" not in bad.stderr
     not_gguf = run_cli("inspect", str(tiny_models["glm4"] / "config.json"))
     assert not_gguf.returncode == 1 and "not a readable GGUF file" in not_gguf.stderr
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(out.read_bytes()[: out.stat().st_size // 2])
+    truncated = run_cli("inspect", str(cut))
+    assert truncated.returncode == 1 and len(truncated.stderr.strip().splitlines()) == 1
+    assert (f"truncated: expected {out.stat().st_size:,} bytes, found {cut.stat().st_size:,}"
+            in truncated.stderr), truncated.stderr
 
 
 def test_cli_convert_and_merge_errors(tiny_models, tmp_path):
-    from test_cli import run_cli
+    from conftest import run_cli
 
     out = tmp_path / "imported"
     result = run_cli("convert", "--model", str(tiny_models["chatglm"]), "-o", str(out), "--json")
@@ -101,5 +107,6 @@ def test_cli_convert_and_merge_errors(tiny_models, tmp_path):
     assert json.loads((out / "config.json").read_text())["architectures"] == ["GlmForCausalLM"]
     not_chatglm = run_cli("convert", "--model", str(tiny_models["glm"]), "-o", str(tmp_path / "x"))
     assert not_chatglm.returncode == 1 and "not a ChatGLM config" in not_chatglm.stderr
-    no_adapter = run_cli("merge", "--model", str(tiny_models["glm"]), "--adapter", str(tmp_path), "-o", str(tmp_path / "m"))
+    no_adapter = run_cli("merge", "--model", str(tiny_models["glm"]), "--adapter", str(tmp_path),
+                         "-o", str(tmp_path / "m"))
     assert no_adapter.returncode == 1 and "adapter_config.json: missing" in no_adapter.stderr

@@ -10,7 +10,8 @@ import pytest
 from models import VARIED_TEXTS, hf_greedy, hf_logits, llama_greedy, llama_logits, load_llama
 
 MODELS = ("glm", "glm4", "chatglm")
-PROMPT = "[gMASK]<sop><|user|>\n判断下面这条社交媒体帖子的发帖者是否表现出抑郁。\n最近总是失眠，什么都不想做😭<|assistant|>\n"
+PROMPT = ("[gMASK]<sop><|user|>\n判断下面这条社交媒体帖子的发帖者是否表现出抑郁。\n"
+          "最近总是失眠，什么都不想做😭<|assistant|>\n")
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +118,8 @@ def test_direct_out_types_have_expected_tensor_types(exported):
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("outtype", ("f16", "q8_0", "q4_k_m"))
 def test_size_estimate_equals_the_exported_tensors(model, outtype, tiny_models, exported):
-    from mentalglm.converters.glm_spec import read_spec
     from mentalglm.converters.gguf_inspect import inspect_gguf
+    from mentalglm.converters.glm_spec import read_spec
     from mentalglm.converters.sizing import estimate, parameter_count
 
     spec = read_spec(tiny_models[model])

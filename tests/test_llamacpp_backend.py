@@ -40,7 +40,8 @@ def test_grammar_makes_every_answer_valid(backend, task):
 def test_without_grammar_the_tiny_model_babbles(exported):
     from mentalglm.backends.llamacpp_backend import LlamaCppBackend
 
-    with LlamaCppBackend(str(exported("glm", "f32")), {"n_ctx": 1024, "constrained": False, "max_new_tokens": 24}) as free:
+    with LlamaCppBackend(str(exported("glm", "f32")),
+                         {"n_ctx": 1024, "constrained": False, "max_new_tokens": 24}) as free:
         outputs = [p for p in Analyzer(task="depression", backend=free).analyze_many(_posts("depression", 6))]
     assert not all(p.valid for p in outputs)
 
@@ -81,7 +82,8 @@ def test_prefix_reuse_changes_nothing_but_speed(exported):
     for reuse in (True, False):
         with LlamaCppBackend(str(exported("glm", "f32")), {"n_ctx": 1024, "cache_type": "f32", "prefix_cache": reuse,
                                                             "max_new_tokens": 24}) as b:
-            outputs[reuse] = [p.output for p in Analyzer(task="depression", backend=b).analyze_many(_posts("depression", 5))]
+            outputs[reuse] = [p.output for p in
+                              Analyzer(task="depression", backend=b).analyze_many(_posts("depression", 5))]
     assert outputs[True] == outputs[False]
 
 
@@ -123,7 +125,7 @@ def test_gpu_memory_budget_picks_layers_from_the_file(exported):
 
 def test_offload_options_and_reporting(exported):
     from mentalglm.backends.llamacpp_backend import LlamaCppBackend
-    from mentalglm.llamacpp_native import load_llama_cpp
+    from mentalglm.backends.llamacpp_native import load_llama_cpp
 
     path = str(exported("glm", "q8_0"))
     with pytest.raises(OptionsError, match="not both"):
@@ -138,10 +140,31 @@ def test_offload_options_and_reporting(exported):
 
 
 def test_cli_analyze_with_llamacpp_keeps_c_logs_off_stderr(exported, tmp_path):
-    from test_cli import run_cli
+    from conftest import run_cli
 
-    result = run_cli("analyze", "--task", "depression", "--backend", "llamacpp", "--model", str(exported("glm", "q8_0")),
+    result = run_cli("analyze", "--task", "depression", "--backend", "llamacpp",
+                     "--model", str(exported("glm", "q8_0")),
                      "--option", "n_ctx=512", "--option", "max_new_tokens=16", "--json", "最近总是失眠")
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert json.loads(result.stdout)["valid"] is True
+
+
+def test_extra_weight_buffers_are_off_where_the_cpu_advertises_amx():
+    from mentalglm.backends.llamacpp_native import cpu_advertises_amx
+
+    assert cpu_advertises_amx("processor\t: 0\nflags\t\t: fpu avx512f amx_bf16 amx_tile amx_int8\n")
+    assert not cpu_advertises_amx("processor\t: 0\nflags\t\t: fpu avx2 avx512f\n")
+
+
+def test_q8_0_generates_with_the_default_buffers_and_reports_them(exported):
+    # On an AMX-advertising VM, llama.cpp's AMX buffers crash q8_0 matmuls with SIGILL; the
+    # default keeps them off there, so a q8_0 model must generate in-process.
+    from mentalglm.backends.llamacpp_backend import LlamaCppBackend
+    from mentalglm.backends.llamacpp_native import default_extra_buffers
+    from mentalglm.core.backend import GenerationRequest
+
+    with LlamaCppBackend(str(exported("glm", "q8_0")), {"n_ctx": 256, "max_new_tokens": 4}) as backend:
+        completion = backend.generate([GenerationRequest(id="1", prompt="[gMASK]<sop><|user|>\n你好<|assistant|>\n")])
+    assert completion[0].usage["completion_tokens"] >= 1
+    assert backend.options.extra_buffers is None and isinstance(default_extra_buffers(), bool)

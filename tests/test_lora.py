@@ -52,7 +52,8 @@ def test_merged_directory_equals_peft(adapter, tiny_models, tmp_path):
         assert np.allclose(ours[name].numpy(), tensor.numpy(), atol=1e-6), name
     logits = hf_logits(out, adapter["ids"])
     assert np.abs(logits - adapter["logits"]).max() <= 1e-4
-    assert (out / "tokenizer.json").exists() and json.loads((out / "config.json").read_text())["architectures"] == ["GlmForCausalLM"]
+    assert ((out / "tokenizer.json").exists()
+            and json.loads((out / "config.json").read_text())["architectures"] == ["GlmForCausalLM"])
 
 
 def test_export_with_adapter_equals_peft_in_llama_cpp(adapter, tiny_models, tmp_path):
@@ -68,13 +69,14 @@ def test_export_with_adapter_equals_peft_in_llama_cpp(adapter, tiny_models, tmp_
 
 def test_adapter_for_another_base_is_a_clear_error(adapter, tmp_path):
     from mentalglm.converters.lora import merge_lora
-    from mentalglm.converters.tiny import build_tiny_glm
     from mentalglm.core.errors import MentalGLMError
+    from mentalglm.demo.tiny import build_tiny_glm
 
     other = build_tiny_glm(tmp_path / "other", arch="glm", hidden_size=64, num_layers=2, intermediate_size=128, seed=5)
     with pytest.raises(MentalGLMError, match="do not fit base weight.*wrong base model"):
         merge_lora(other, adapter["dir"], tmp_path / "out")
-    deeper = build_tiny_glm(tmp_path / "one-layer", arch="glm", hidden_size=128, num_layers=1, intermediate_size=256, seed=6)
+    deeper = build_tiny_glm(tmp_path / "one-layer", arch="glm", hidden_size=128, num_layers=1, intermediate_size=256,
+                            seed=6)
     with pytest.raises(MentalGLMError, match="which the base model .* lacks"):
         merge_lora(deeper, adapter["dir"], tmp_path / "out2")
 

@@ -4,19 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import random
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from conftest import free_port
 from mentalglm.backends.openai_backend import OpenAIBackend, _retry_after
 from mentalglm.core.backend import GenerationRequest
 from mentalglm.core.errors import MentalGLMError, OptionsError
@@ -113,16 +109,11 @@ def request(i=0, **kwargs):
     return GenerationRequest(id=str(i), prompt=f"[gMASK]<sop><|user|>\n{POST} #{i}<|assistant|>\n", **kwargs)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 # -- requests and answers -------------------------------------------------------------------
 def test_body_and_parsed_completion(fake):
     fake.reply = lambda body, n: Reply(body={"choices": [{"text": "标签：抑郁", "finish_reason": "length"}],
-                                             "usage": {"prompt_tokens": 12, "completion_tokens": 5, "total_tokens": 17}})
+                                             "usage": {"prompt_tokens": 12, "completion_tokens": 5,
+                                                       "total_tokens": 17}})
     b = backend(fake.url, max_new_tokens=32, seed=7, top_p=0.9, extra_body='{"top_k": 1}')
     req = request(1, stop=("<|user|>", "<|endoftext|>"), max_new_tokens=8)
     [completion] = b.generate([req])
@@ -337,7 +328,8 @@ def test_retry_after_header():
 def test_analyzer_redacts_before_sending(fake, pm):
     from mentalglm import Analyzer
 
-    fake.reply = lambda body, n: Reply(body={"choices": [{"text": "标签：抑郁\n解释：长期失眠。", "finish_reason": "stop"}]})
+    fake.reply = lambda body, n: Reply(body={"choices": [{"text": "标签：抑郁\n解释：长期失眠。",
+                                                          "finish_reason": "stop"}]})
     text = "电话13812345678，@小明 我最近总是失眠"
     with Analyzer(task="depression", backend="openai", model="m", options={"base_url": fake.url}, plugins=pm) as a:
         prediction = a.analyze(text)
@@ -355,50 +347,10 @@ POSTS = ["我考砸了，大家一定都觉得我是个废物。", "好累啊啊
 
 
 @pytest.fixture(scope="module")
-def llama_server(exported, tmp_path_factory):
-    """``(base_url, gguf_path)`` of a running ``python -m llama_cpp.server``, stopped afterwards."""
-    for module in ("uvicorn", "fastapi", "sse_starlette", "pydantic_settings", "starlette_context"):
-        pytest.importorskip(module, reason="the real-server tests need llama-cpp-python[server]")
-    path = exported("glm", "f32")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
-    env = {k: v for k, v in os.environ.items() if k.upper() not in ("API_KEY", "CONFIG_FILE", "MODEL", "HOST", "PORT")}
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "512", "--n_threads", "2"],
-            stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    base_url = f"http://127.0.0.1:{port}/v1"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {process.returncode}:\n{log_path.read_text()[-2000:]}")
-            try:
-                with opener.open(f"{base_url}/models", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server did not answer within 60 s:\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-        yield base_url, path
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
 def in_process(llama_server):
-    import llama_cpp
+    from mentalglm.backends.llamacpp_native import open_llama
 
-    return llama_cpp.Llama(str(llama_server[1]), n_ctx=512, verbose=False)
+    return open_llama(llama_server[1], n_ctx=512)
 
 
 def _prompts(pm, task_name):

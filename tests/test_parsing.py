@@ -105,7 +105,8 @@ def test_multi_label_explicit_none_is_valid_and_empty(tasks):
 
 def test_extraction_fields(tasks):
     task = tasks["cognitive-pathway"]
-    parsed = task.parse("诱发事件：期末考试没考好\n**信念**: 我什么都做不好\n结果：整晚失眠\n反驳：无\n解释：典型的以偏概全。")
+    parsed = task.parse("诱发事件：期末考试没考好\n**信念**: 我什么都做不好\n"
+                        "结果：整晚失眠\n反驳：无\n解释：典型的以偏概全。")
     assert parsed.valid
     assert parsed.fields == {"诱发事件": "期末考试没考好", "信念": "我什么都做不好", "结果": "整晚失眠", "反驳": "无"}
     assert parsed.explanation == "典型的以偏概全。"
@@ -121,22 +122,22 @@ def test_explanation_without_header_is_the_rest(tasks):
 
 
 def test_alias_that_names_two_labels_is_rejected():
-    from mentalglm import ClassificationTask, Label
+    from mentalglm import Label, SingleLabelTask
 
     with pytest.raises(ValueError, match="names two labels"):
-        ClassificationTask(name="x", instruction="判断。", labels=[Label("是", ("yes",)), Label("否", ("Yes",))])
+        SingleLabelTask(name="x", instruction="判断。", labels=[Label("是", ("yes",)), Label("否", ("Yes",))])
 
 
-def test_format_response_round_trips(tasks):
+def test_response_format_render_round_trips(tasks):
     for name in ("depression", "cognitive-distortion"):
         task = tasks[name]
         answer = task.label_names[:2] if task.multi_label else task.label_names[:1]
-        text = task.format_response(answer, "因为……")
+        text = task.response_format().render(answer, "因为……")
         parsed = task.parse(text)
         assert parsed.labels == tuple(answer) and parsed.explanation == "因为……"
     pathway = tasks["cognitive-pathway"]
     fields = {"诱发事件": "被批评", "信念": "我很差", "结果": "哭了", "反驳": ""}
-    assert pathway.gold_from_output(pathway.format_response(fields)) == {**fields, "反驳": "无"}
+    assert pathway.gold_from_output(pathway.response_format().render(fields)) == {**fields, "反驳": "无"}
 
 
 @pytest.mark.parametrize("task_name, text, labels", [

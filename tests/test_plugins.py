@@ -7,8 +7,17 @@ from importlib import metadata
 
 import pytest
 
-from mentalglm import (Backend, ClassificationTask, Completion, Label, PluginError, PluginManager, PromptStyle,
-                       UnknownNameError, hookimpl)
+from mentalglm import (
+    Backend,
+    Completion,
+    Label,
+    PluginError,
+    PluginManager,
+    PromptStyle,
+    SingleLabelTask,
+    UnknownNameError,
+    hookimpl,
+)
 from mentalglm.core import plugins as plugins_module
 from mentalglm.core.plugins import PluginWarning
 
@@ -27,7 +36,7 @@ class StressPlugin:
 
     @hookimpl
     def register_tasks(self, register):
-        register(ClassificationTask(name="stress", instruction="判断压力。", labels=[Label("有压力"), Label("无压力")]))
+        register(SingleLabelTask(name="stress", instruction="判断压力。", labels=[Label("有压力"), Label("无压力")]))
 
     @hookimpl
     def register_prompts(self, register):
@@ -61,15 +70,18 @@ def test_registered_plugin_provides_items(pm):
         pm.task("stress")
 
 
-def test_duplicate_names_across_plugins_name_both(pm):
+def test_duplicate_names_across_plugins_name_both_and_are_refused_only_where_used(pm):
     class Clash:
         @hookimpl
         def register_tasks(self, register):
-            register(ClassificationTask(name="depression", instruction="x", labels=[Label("a"), Label("b")]))
+            register(SingleLabelTask(name="depression", instruction="x", labels=[Label("a"), Label("b")]))
 
     pm.register(Clash(), name="clash-plugin")
-    with pytest.raises(PluginError, match="'depression' is registered by both plugin 'mentalglm.tasks' and plugin 'clash-plugin'"):
-        pm.tasks()
+    both = "'depression' is registered by plugin 'mentalglm.tasks' and plugin 'clash-plugin'"
+    with pytest.raises(PluginError, match=both):
+        pm.task("depression")
+    assert pm.task("suicide-risk").name == "suicide-risk"  # every other name still works
+    assert pm.conflict_messages() == [f"task {both}"]
 
 
 def test_plugin_whose_hook_raises_is_skipped_with_a_warning(pm):

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 
-
 from mentalglm.core.data import read_posts
 from models import kill_when
 

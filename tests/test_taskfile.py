@@ -23,16 +23,19 @@ def test_yaml_single_label(tmp_path):
     path = tmp_path / "stress.yaml"
     path.write_text(YAML_TASK, encoding="utf-8")
     task = load_task_file(path)
-    assert (task.name, task.kind, task.label_names, task.primary_metric) == ("stress", "single-label", ("有压力", "无压力"), "macro_f1")
+    assert (task.name, task.kind, task.label_names, task.primary_metric) == ("stress", "single-label",
+                                                                            ("有压力", "无压力"), "macro_f1")
     assert task.parse("标签：Stressed").labels == ("有压力",)
 
 
 def test_toml_multi_label_and_extraction(tmp_path):
     multi = tmp_path / "m.toml"
-    multi.write_text('name = "m"\nkind = "multi-label"\ninstruction = "多选。"\nlabels = ["甲", "乙"]\n', encoding="utf-8")
+    multi.write_text('name = "m"\nkind = "multi-label"\ninstruction = "多选。"\nlabels = ["甲", "乙"]\n',
+                     encoding="utf-8")
     assert load_task_file(multi).multi_label
     extraction = tmp_path / "e.toml"
-    extraction.write_text('name = "e"\nkind = "extraction"\ninstruction = "提取。"\nfields = ["事件", "想法"]\n', encoding="utf-8")
+    extraction.write_text('name = "e"\nkind = "extraction"\ninstruction = "提取。"\nfields = ["事件", "想法"]\n',
+                          encoding="utf-8")
     assert load_task_file(extraction).field_names == ("事件", "想法")
 
 

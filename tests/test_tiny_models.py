@@ -15,7 +15,7 @@ pytest.importorskip("tokenizers")
 import torch  # noqa: E402
 from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 
-from mentalglm.converters.tiny import (  # noqa: E402
+from mentalglm.demo.tiny import (  # noqa: E402
     GLM4_SPECIAL_TOKENS,
     TOKENIZER_CHECK_TEXTS,
     build_tiny_glm,
@@ -23,7 +23,7 @@ from mentalglm.converters.tiny import (  # noqa: E402
     corpus_texts,
     parameter_count,
 )
-from mentalglm.converters.tiktoken_bpe import byte_to_unicode  # noqa: E402
+from mentalglm.modelfiles.tokens import byte_to_unicode  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_tokenizer_config(tokenizer_dir, tokenizer):
 
 def test_tokenizer_build_is_deterministic(tokenizer_dir, tmp_path):
     # Another process, so hash seeds and thread scheduling differ too.
-    code = "import sys; from mentalglm.converters.tiny import build_tokenizer; build_tokenizer(sys.argv[1])"
+    code = "import sys; from mentalglm.demo.tiny import build_tokenizer; build_tokenizer(sys.argv[1])"
     subprocess.run([sys.executable, "-c", code, str(tmp_path)], check=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
         assert (tmp_path / name).read_bytes() == (tokenizer_dir / name).read_bytes()
@@ -139,7 +139,7 @@ def test_tokenizer_build_is_deterministic(tokenizer_dir, tmp_path):
 def test_merges_recovered_from_ranks_are_the_trained_merges(tokenizer_json):
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
 
-    from mentalglm.converters.tiny import GLM4_PRETOKENIZE_REGEX
+    from mentalglm.demo.tiny import GLM4_PRETOKENIZE_REGEX
 
     trained = Tokenizer(models.BPE())
     trained.pre_tokenizer = pre_tokenizers.Sequence([

@@ -197,6 +197,32 @@ def test_adapter_unmerged_equals_merged(tiny_models, tmp_path, plugins, chat):
         assert plain.generate(requests) != with_adapter  # the adapter changes the model
 
 
+def test_from_model_wraps_a_loaded_model_and_leaves_it_to_the_caller(glm, tiny_models, plugins, chat):
+    """What training validation uses: the same generation and scoring as a backend that loaded the model itself,
+    without moving, re-configuring or freeing the caller's model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_models["glm"], dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["glm"])
+    before = model.generation_config.to_dict()
+    requests = requests_for(plugins, chat, "depression", 2) + requests_for(plugins, chat, "depression", 1,
+                                                                          constrained=False, offset=2)
+    with TorchBackend.from_model(model, tokenizer, {"max_new_tokens": 24}) as wrapped:
+        assert wrapped.device == torch.device("cpu") and wrapped.eos_ids == glm.eos_ids
+        assert wrapped.generate(requests) == glm.generate(requests)
+        prompt = requests[0].prompt + "标签："
+        assert wrapped.score_labels(prompt, ["抑郁", "非抑郁"]) == glm.score_labels(prompt, ["抑郁", "非抑郁"])
+        assert model.generation_config.to_dict() == before  # put back after every generate call
+    assert wrapped.hf_model is None
+    with pytest.raises(MentalGLMError, match="closed"):
+        wrapped.generate(requests)
+    assert not model.training and next(model.parameters()).device.type == "cpu"
+    with torch.no_grad():
+        assert model(torch.tensor([[1, 2, 3]])).logits.shape[-1] > 0  # still the caller's, still usable
+    with pytest.raises(OptionsError, match="option 'adapter': not for a model already loaded"):
+        TorchBackend.from_model(model, tokenizer, {"adapter": "lora"})
+
+
 def test_seeded_sampling_is_reproducible(tiny_models, plugins, chat):
     requests = requests_for(plugins, chat, "depression", 2) + requests_for(plugins, chat, "suicide-risk", 1,
                                                                           constrained=False)
@@ -259,7 +285,7 @@ def test_counts_close_and_context_manager(tiny_models):
 
 
 def test_token_bytes_follow_llama_cpp_pieces(glm):
-    from mentalglm.converters.tiktoken_bpe import str_to_token
+    from mentalglm.modelfiles.tokens import str_to_token
 
     table = glm.token_table
     assert len(table) == glm.hf_model.get_output_embeddings().out_features > len(glm.tokenizer)

@@ -21,7 +21,6 @@ pytest.importorskip("peft", reason="training needs the torch extra")
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
 from mentalglm.core.data import read_records, resolve_path  # noqa: E402
-from models import kill_when  # noqa: E402
 from mentalglm.core.errors import DataError, MentalGLMError  # noqa: E402
 from mentalglm.core.prompt import GLM4_CHAT, PLAIN  # noqa: E402
 from mentalglm.training.cli import config_from_args, main  # noqa: E402
@@ -34,6 +33,7 @@ from mentalglm.training.dataset import (  # noqa: E402
     file_sha256,
     resolve_end_token,
 )
+from models import kill_when  # noqa: E402
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MENTALGLM_LOAD_PLUGINS": "",
                   "TOKENIZERS_PARALLELISM": "false"}
@@ -163,7 +163,7 @@ def test_outputs_exist_and_load(trained, base):
     from transformers import AutoModelForCausalLM
 
     from mentalglm.converters.lora import LoraAdapter
-    from mentalglm.converters.safetensors_reader import SafetensorsCheckpoint
+    from mentalglm.modelfiles.safetensors import SafetensorsCheckpoint
 
     out, _ = trained
     adapter = out / "adapter"
@@ -252,12 +252,18 @@ def test_two_stages_continue_the_same_adapter(base, tmp_path, tokenizer):
     assert abs(float(fresh_loss) - float(loss)) > 1e-3
 
 
-def test_validation_after_each_epoch_writes_metrics(base, tmp_path, capsys):
+def _eval_split(tmp_path: Path, train: slice, held: slice) -> tuple[Path, Path]:
+    """Depression records for training and gold-labelled posts (id, text, label) for validation."""
     records = [json.loads(line) for line in resolve_path("sample:depression").read_text(encoding="utf-8").splitlines()]
-    train_file = _write_jsonl(tmp_path / "train.jsonl", records[:6])
+    train_file = _write_jsonl(tmp_path / "train.jsonl", records[train])
     eval_file = _write_jsonl(tmp_path / "eval.jsonl", [{"id": r["id"], "text": r["input"],
                                                         "label": r["output"].split("\n")[0].split("：")[1]}
-                                                       for r in records[6:11]])
+                                                       for r in records[held]])
+    return train_file, eval_file
+
+
+def test_validation_after_each_epoch_writes_metrics(base, tmp_path, capsys):
+    train_file, eval_file = _eval_split(tmp_path, slice(0, 6), slice(6, 11))
     out = tmp_path / "run"
     result = _train(base, out, stages=[{"data": [str(train_file)]}], epochs=2, batch_size=3, task="depression",
                     eval_data=str(eval_file), eval_max_new_tokens=12, learning_rate=1e-3)
@@ -274,23 +280,52 @@ def test_validation_after_each_epoch_writes_metrics(base, tmp_path, capsys):
     assert err.count("eval after stage 1 epoch") == 2 and "weighted_f1 = " in err
 
 
+def test_validation_metrics_equal_evaluate_with_the_saved_adapter(base, tmp_path):
+    """The last per-epoch validation is what `mentalglm evaluate --backend torch -O adapter=RUN/adapter` reports
+    with the options metrics.json records: one generation path, by construction."""
+    from mentalglm.core.analyzer import Analyzer
+    from mentalglm.core.data import read_posts
+    from mentalglm.core.evaluation import evaluate
+
+    train_file, eval_file = _eval_split(tmp_path, slice(0, 40), slice(40, 46))
+    out = tmp_path / "run"
+    result = _train(base, out, stages=[{"data": [str(train_file)]}], max_steps=30, batch_size=2, task="depression",
+                    eval_data=str(eval_file), eval_max_new_tokens=20, eval_batch_size=4, learning_rate=5e-3,
+                    warmup_ratio=0.0, seed=7)
+    document = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    validation = document["evaluations"][-1]
+    assert validation["step"] == result.steps == 30
+    assert document["backend"] == "torch" and document["options"] == {"constrained": False, "max_new_tokens": 20}
+    assert "-O constrained=false" in document["evaluate_command"]
+    assert f"-O adapter={out / 'adapter'}" in document["evaluate_command"]
+
+    options = {**document["options"], "adapter": str(out / "adapter"), "device": "cpu", "dtype": "float32"}
+    with Analyzer(task="depression", backend="torch", model=str(base), options=options, prompt=document["prompt"],
+                  batch_size=4) as analyzer:
+        report = evaluate(analyzer, read_posts(eval_file, analyzer.task), tmp_path / "eval", data=str(eval_file),
+                          progress=False)
+    assert report["metrics"] == validation["metrics"]
+    assert report["primary_value"] == validation["primary_value"]
+    assert {k: report["counts"][k] for k in ("posts", "valid", "invalid")} == validation["counts"]
+    assert validation["counts"]["valid"] > 0  # not a vacuous match of all-invalid outputs
+
+
 def test_validation_generates_what_the_torch_backend_generates(trained, base, tokenizer):
-    """Per-epoch validation (in-memory adapter) and inference (saved adapter, torch backend) agree token for token."""
-    pytest.importorskip("mentalglm.backends.torch_backend", reason="the torch backend is not there yet")
+    """Validation's path (the in-memory adapter wrapped by TorchBackend.from_model) and inference (the saved
+    adapter loaded by the torch backend) agree token for token."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from mentalglm.backends.torch_backend import TorchBackend
     from mentalglm.core.analyzer import Analyzer
     from mentalglm.core.data import read_posts
-    from mentalglm.training.validation import generate_greedy
+    from mentalglm.training.validation import decoding_options
 
     out, _ = trained
     posts = read_posts("sample:depression")[:4]
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out / "adapter").eval()
-    stops = [tokenizer(s, add_special_tokens=False).input_ids[0] for s in GLM4_CHAT.stop]
-    mine = generate_greedy(model, tokenizer, [GLM4_CHAT.render(p.instruction, p.text) for p in posts],
-                           device=torch.device("cpu"), max_new_tokens=16, batch_size=4, stop_ids=stops,
-                           stop_strings=GLM4_CHAT.stop, pad_id=tokenizer.pad_token_id)
+    with TorchBackend.from_model(model, tokenizer, decoding_options(16)) as wrapped:
+        mine = [p.output for p in Analyzer(task="depression", backend=wrapped, batch_size=4).analyze_many(posts)]
     options = {"adapter": str(out / "adapter"), "constrained": False, "max_new_tokens": 16, "device": "cpu",
                "dtype": "float32"}
     with Analyzer(task="depression", backend="torch", model=str(base), options=options, batch_size=4) as analyzer:
@@ -362,7 +397,8 @@ def test_bad_data_is_one_line_before_training(case, base, tmp_path, capsys):
         extra = ["--task", "depression"]
     elif case == "long-prompt":
         data, expected = _bad(tmp_path, "d.jsonl", [GOOD, {**GOOD, "input": "很长的帖子" * 80}]), \
-            r"d\.jsonl:2: field 'input': the prompt alone is \d+ tokens, no room for the response within --max-length 200"
+            (r"d\.jsonl:2: field 'input': the prompt alone is \d+ tokens, no room for the response within "
+             r"--max-length 200")
         extra = ["--max-length", "200"]
     else:
         data = tmp_path / "d.jsonl"
@@ -422,3 +458,111 @@ def test_config_file_stages_and_overrides(tmp_path, base):
     config_file.write_text(f"model: {base}\noutput: x\nlora_rr: 4\nstages: [{{data: [a.jsonl]}}]\n", encoding="utf-8")
     with pytest.raises(MentalGLMError, match=r"train\.yaml: setting 'lora_rr': unknown \(did you mean 'lora_r'\?\)"):
         config_from_args(parser.parse_args(["train", "--config", str(config_file)]))
+
+
+# -- the command line is generated from TrainConfig ---------------------------------------------
+#: Every option `mentalglm train` had before its options were generated; scripts use them.
+FLAGS_IN_USE = (
+    "--model", "--data", "--stage", "--config", "-o", "--output", "--prompt", "--system", "--end-token", "--task",
+    "--max-length", "--lora-r", "--lora-alpha", "--lora-dropout", "--target-modules", "--learning-rate", "--lr",
+    "--lr-scheduler", "--warmup-ratio", "--weight-decay", "--max-grad-norm", "--epochs", "--max-steps",
+    "--batch-size", "--gradient-accumulation", "--seed", "--precision", "--gradient-checkpointing", "--device",
+    "--trust-remote-code", "--save-every", "--keep-checkpoints", "--eval-data", "--eval-max-new-tokens",
+    "--eval-batch-size", "--log-every", "--quiet", "--json",
+)
+
+
+def _train_parser():
+    import argparse
+
+    from mentalglm.training.cli import add_train_parser
+
+    parser = argparse.ArgumentParser()
+    add_train_parser(parser.add_subparsers(dest="command"))
+    return parser
+
+
+def _readme_train_flags() -> set[str]:
+    """Options the README's fine-tuning section documents for `mentalglm train`."""
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Fine-tuning", 1)[1].split("\n## ", 1)[0]
+    flags = set()
+    for line in section.splitlines():
+        if line.startswith("mentalglm train"):
+            flags |= set(re.findall(r"(?<!\S)(--[a-z][a-z-]*|-o)(?=\s|$)", line.split("#")[0]))
+    flags |= {span.split()[0] for span in re.findall(r"`(--[^`]+)`", section)}
+    return flags
+
+
+def _sub_parser(parser):
+    return next(a for a in parser._actions if a.dest == "command").choices["train"]
+
+
+def test_every_setting_is_an_option_and_documented_flags_still_work():
+    from mentalglm.training.config import TrainConfig
+
+    known = set(_sub_parser(_train_parser())._option_string_actions)
+    for name in TrainConfig.model_fields:
+        if name != "stages":
+            assert "--" + name.replace("_", "-") in known, name
+    assert set(FLAGS_IN_USE) <= known, set(FLAGS_IN_USE) - known
+    documented = _readme_train_flags()
+    assert {"--data", "--stage", "--config", "--task", "--max-steps"} <= documented  # the reader works
+    assert documented <= known, documented - known
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--lora-r", "4"], {"lora_r": 4}),
+    (["--lr", "1e-3"], {"learning_rate": 1e-3}),
+    (["--learning-rate", "1e-3"], {"learning_rate": 1e-3}),
+    (["--lora-alpha", "8"], {"lora_alpha": 8.0}),
+    (["--max-steps", "7"], {"max_steps": 7}),
+    (["--lr-scheduler", "cosine"], {"lr_scheduler": "cosine"}),
+    (["--target-modules", "q_proj,v_proj"], {"target_modules": "q_proj,v_proj"}),
+    (["--gradient-checkpointing"], {"gradient_checkpointing": True}),
+    (["--no-quiet"], {"quiet": False}),
+    (["-o", "runs/x"], {"output": "runs/x"}),
+    ([], {"lora_r": None, "quiet": None, "learning_rate": None}),  # not given: the config file or default decides
+])
+def test_generated_options_parse_to_typed_values(argv, expected):
+    args = _train_parser().parse_args(["train", *argv])
+    for key, value in expected.items():
+        assert getattr(args, key) == value and type(getattr(args, key)) is type(value), key
+
+
+def test_help_comes_from_the_field_descriptions():
+    text = " ".join(_sub_parser(_train_parser()).format_help().split())  # as one line, wrapping aside
+    assert "LoRA rank (default 8)" in text and "~30% slower" in text
+    assert "--lr-scheduler {linear,cosine,constant}" in text
+    assert "(default q_proj,k_proj,v_proj,o_proj,gate_up_proj,down_proj)" in text
+
+
+def test_precedence_defaults_config_file_command_line(tmp_path, base):
+    config_file = tmp_path / "train.yaml"
+    config_file.write_text(f"model: {base}\noutput: out\nquiet: true\nlora_r: 16\nseed: 3\n"
+                           "stages: [{data: [sample:depression]}]\n", encoding="utf-8")
+    parser = _train_parser()
+    config = config_from_args(parser.parse_args(["train", "--config", str(config_file), "--no-quiet", "--seed", "9"]))
+    assert (config.quiet, config.seed) == (False, 9)  # command line over the file
+    assert config.lora_r == 16  # the file over the default
+    assert config.lora_alpha == 16.0 and config.epochs == 3  # defaults where neither says
+
+
+def test_a_new_setting_is_a_new_option(monkeypatch, base):
+    """Adding a TrainConfig field is the only step needed for a new `mentalglm train` option."""
+    from pydantic import Field
+
+    import mentalglm.training.config as settings
+
+    class Extended(settings.TrainConfig):
+        new_knob: int = Field(3, ge=1, description="a knob added later")
+
+    monkeypatch.setattr(settings, "TrainConfig", Extended)
+    parser = _train_parser()
+    assert "a knob added later (default 3)" in " ".join(_sub_parser(parser).format_help().split())
+    argv = ["train", "--model", str(base), "--output", "x", "--data", "a.jsonl", "--new-knob"]
+    assert config_from_args(parser.parse_args([*argv, "5"])).new_knob == 5
+    with pytest.raises(MentalGLMError, match="command line: --new-knob: Input should be greater than or equal to 1"):
+        config_from_args(parser.parse_args([*argv, "0"]))

@@ -56,7 +56,7 @@ def layer_costs(gguf_path: str | Path, n_ctx: int, kv_bytes_per_value: int = 2) 
     """Per-layer GPU cost of a GGUF file at ``n_ctx`` (f16 KV cache by default)."""
     import gguf
 
-    from mentalglm.converters.gguf_inspect import field_value
+    from mentalglm.modelfiles.gguf_fields import field_value
 
     reader = gguf.GGUFReader(str(gguf_path))
 

@@ -13,15 +13,16 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Literal, Sequence
 
 import numpy as np
 from pydantic import Field
 
+from mentalglm.backends.llamacpp_native import end_of_generation, last_logits, open_llama
 from mentalglm.core.backend import Backend, BackendOptions, Completion, GenerationRequest
 from mentalglm.core.errors import MentalGLMError, OptionsError
+from mentalglm.core.threads import default_threads
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,9 @@ class LlamaCppOptions(BackendOptions):
     # where the model runs
     n_gpu_layers: int = Field(0, description="layers to offload to the GPU; -1 = all (needs a CUDA build)")
     gpu_memory: str | None = Field(None, description="GPU-memory budget such as 6GiB; picks n_gpu_layers itself")
-    n_threads: int | None = Field(None, description="CPU threads (default: all cores)")
+    n_threads: int | None = Field(None, description="CPU threads (default: free physical cores, see below)")
+    extra_buffers: bool | None = Field(None, description="llama.cpp's repacked CPU weight buffers (AMX/AVX); "
+                                       "default: off where the CPU advertises AMX, which crashes some VMs")
     # context and batching
     n_ctx: int = Field(4096, description="context window in tokens (prompt + answer)")
     n_batch: int = Field(512, description="prompt tokens evaluated per step")
@@ -70,7 +73,7 @@ class LlamaCppBackend(Backend):
 
     def __init__(self, model: str | None = None, options=None):
         super().__init__(model, options)
-        from mentalglm.llamacpp_native import load_llama_cpp
+        from mentalglm.backends.llamacpp_native import load_llama_cpp
 
         llama_cpp = load_llama_cpp()
         path = Path(model)
@@ -79,11 +82,14 @@ class LlamaCppBackend(Backend):
         opts = self.options
         n_gpu_layers = self._gpu_layers(path, llama_cpp)
         cache = _CACHE_TYPES[opts.cache_type]
+        # Not every logical core: hyper-threads and busy cores slow llama.cpp down (core/threads.py).
+        threads = opts.n_threads or default_threads()
+        log.info("llamacpp: %d CPU threads", threads)
         try:
-            self.llm = llama_cpp.Llama(
-                str(path), n_gpu_layers=n_gpu_layers, n_ctx=opts.n_ctx, n_batch=opts.n_batch,
-                n_threads=opts.n_threads or os.cpu_count(), flash_attn=opts.flash_attn, type_k=cache, type_v=cache,
-                seed=opts.seed, verbose=False)
+            self.llm = open_llama(
+                path, extra_buffers=opts.extra_buffers, n_gpu_layers=n_gpu_layers, n_ctx=opts.n_ctx,
+                n_batch=opts.n_batch, n_threads=threads, n_threads_batch=threads, flash_attn=opts.flash_attn,
+                type_k=cache, type_v=cache, seed=opts.seed)
         except ValueError as exc:  # llama-cpp-python reports load failures as ValueError
             raise MentalGLMError(f"{path}: llama.cpp could not load it ({exc})") from None
         self._llama_cpp = llama_cpp
@@ -156,14 +162,14 @@ class LlamaCppBackend(Backend):
         grammar = self._grammar(request.response_format) if opts.constrained and request.response_format else None
         budget = request.max_new_tokens if request.max_new_tokens is not None else opts.max_new_tokens
         self.llm.set_seed(opts.seed)
-        vocab = self.llm._model.vocab
+        is_end = end_of_generation(self.llm)
         generated: list[int] = []
         finish, text = "length", ""
         stops = [s for s in request.stop if s]
         if budget > 0:
             for token in self.llm.generate(tokens, top_k=0, top_p=opts.top_p, min_p=0.0, temp=opts.temperature,
                                            repeat_penalty=1.0, grammar=grammar):
-                if self._llama_cpp.llama_vocab_is_eog(vocab, token):
+                if is_end(token):
                     finish = "stop"
                     break
                 generated.append(token)
@@ -213,9 +219,7 @@ class LlamaCppBackend(Backend):
         self.llm.eval(ids[common:])
 
     def _last_logits(self) -> np.ndarray:
-        # Without logits_all, llama-cpp-python keeps no scores; read the last row from the context.
-        pointer = self._llama_cpp.llama_get_logits_ith(self.llm.ctx, -1)
-        return np.ctypeslib.as_array(pointer, shape=(self.llm.n_vocab(),)).astype(np.float64)
+        return last_logits(self.llm)
 
     def close(self) -> None:
         """Free the model and its context (native memory)."""

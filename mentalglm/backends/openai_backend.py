@@ -44,19 +44,22 @@ class OpenAIOptions(BackendOptions):
     """Options of the openai backend."""
 
     base_url: str = Field("http://127.0.0.1:8000/v1",
-                          description="the server's OpenAI API root (http or https); requests go to {base_url}/completions")
+                          description="the server's OpenAI API root (http or https); requests go to "
+                                      "{base_url}/completions")
     api_key_env: str = Field("OPENAI_API_KEY",
                              description="name of the environment variable holding the API key, sent as a Bearer "
                                          "token (unset or empty: no Authorization header)")
     concurrency: int = Field(4, ge=1, description="requests in flight at once")
-    max_retries: int = Field(5, ge=0, description="further tries after a 429/500/502/503/504, a connection error or a timeout")
+    max_retries: int = Field(5, ge=0, description="further tries after a 429/500/502/503/504, a connection error "
+                                                  "or a timeout")
     backoff: float = Field(0.5, ge=0, description="seconds before the first retry, doubling each time, with jitter "
                                                   "(a Retry-After header from the server takes precedence)")
     timeout: float = Field(60.0, gt=0, description="seconds to wait for the connection and for the server's answer")
     temperature: float = Field(0.0, ge=0, description="sampling temperature (0: greedy)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     grammar_field: str | None = Field(None, description="request field that receives the task's GBNF grammar when a "
-                                                        "request has a response format ('grammar' for llama.cpp servers)")
+                                                        "request has a response format ('grammar' for llama.cpp "
+                                                        "servers)")
     repeat_penalty: float | None = Field(1.0, ge=0, description="sent as 'repeat_penalty' (llama.cpp servers; "
                                                                 "llama-cpp-python's server applies 1.1 when it is "
                                                                 "missing, so temperature 0 would not be greedy); "
@@ -119,8 +122,8 @@ class OpenAIBackend(Backend):
     Up to ``concurrency`` requests are in flight; completions come back in request order.
 
     **Privacy.** Post text goes only to the configured ``base_url``: no proxy from the
-    environment (unless ``trust_env_proxy``), no redirects followed, no credentials in the URL. Because that server may be
-    another machine, the Analyzer **redacts posts by default** for this backend
+    environment (unless ``trust_env_proxy``), no redirects followed, no credentials in the URL.
+    Because that server may be another machine, the Analyzer **redacts posts by default** for this backend
     (``redacts_by_default``: URLs, e-mail addresses, ID-card and phone numbers, @mentions; see
     :mod:`mentalglm.core.redaction`); turn it off with ``--no-redact`` / ``redact=False``. The
     API key is read from the environment variable named by ``api_key_env``; it is never an

@@ -53,10 +53,17 @@ class ReplayBackend(Backend):
         if not self._outputs:
             raise DataError(self.path, None, None, "no saved outputs found")
 
-    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
-        """The saved output for each request's id."""
-        missing = [r.id for r in requests if r.id not in self._outputs]
+    def preflight(self, post_ids: Sequence[str]) -> None:
+        """Refuse a run when any of its posts has no saved output, counting all of them."""
+        self._check([str(i) for i in post_ids])
+
+    def _check(self, ids: Sequence[str]) -> None:
+        missing = [i for i in ids if i not in self._outputs]
         if missing:
             raise MentalGLMError(f"{self.path}: no saved output for post id '{missing[0]}'"
                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
+        """The saved output for each request's id."""
+        self._check([r.id for r in requests])
         return [Completion(r.id, self._outputs[r.id], finish_reason="replay") for r in requests]

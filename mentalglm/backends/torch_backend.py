@@ -23,6 +23,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import inspect
 import logging
@@ -33,8 +34,8 @@ from typing import Literal, Sequence
 from pydantic import Field, field_validator
 
 from mentalglm.core.backend import Backend, BackendOptions, Completion, GenerationRequest
-from mentalglm.core.constraint import ResponseFormat
-from mentalglm.core.errors import MentalGLMError
+from mentalglm.core.errors import MentalGLMError, OptionsError
+from mentalglm.core.response_format import ResponseFormat
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,8 @@ _SAMPLE_CANDIDATES = 64
 _SCAN_CHUNK = 4096
 #: llama.cpp's UTF-8 lead-byte table: sequence length by the high nibble (0 = continuation byte).
 _UTF8_LENGTH = (1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4)
+#: Options that decide how a model is loaded; meaningless for a model handed over loaded.
+_LOAD_OPTIONS = ("device", "dtype", "adapter", "trust_remote_code")
 
 
 class TorchOptions(BackendOptions):
@@ -284,7 +287,7 @@ def token_bytes_table(tokenizer, size: int) -> list[bytes | None]:
     Returns:
         A list of length ``size``.
     """
-    from mentalglm.converters.tiktoken_bpe import str_to_token
+    from mentalglm.modelfiles.tokens import str_to_token
 
     count = min(len(tokenizer), size)
     added = {i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
@@ -313,8 +316,12 @@ class TorchBackend(Backend):
     (``GlmForCausalLM`` / ``Glm4ForCausalLM`` load without remote code). The original ChatGLM
     layout must be converted first (``mentalglm convert``).
 
+    A model already in memory (the peft model a training run is tuning) is wrapped with
+    :meth:`from_model` instead, so training-time validation and ``mentalglm evaluate`` share
+    this one generation path.
+
     Attributes:
-        hf_model: the loaded transformers (or peft) model — for training code; None once closed.
+        hf_model: the transformers (or peft) model — for training code; None once closed.
         tokenizer: its tokenizer.
         device: the torch device in use.
 
@@ -331,18 +338,60 @@ class TorchBackend(Backend):
 
     def __init__(self, model: str | None = None, options=None):
         super().__init__(model, options)
-        try:
-            import torch
-            import transformers  # noqa: F401  (checked here so a missing extra is one line, not a traceback)
-        except ImportError:
-            raise MentalGLMError("the torch backend needs PyTorch and transformers: pip install 'mentalglm[torch]'") \
-                from None
+        torch = _import_torch()
         self.device = self._pick_device(torch)
         self.dtype = self._pick_dtype(torch)
-        self.hf_model, self.tokenizer = self._load(Path(model))
-        self._table: list[bytes | None] | None = None
+        # This backend loaded the model, so close() may free it (and the CUDA cache).
+        self._owns_model = True
+        self._attach(*self._load(Path(model)))
         log.info("torch backend: %s on %s (%s)%s", model, self.device, str(self.dtype).replace("torch.", ""),
                  f" with adapter {self.options.adapter}" if self.options.adapter else "")
+
+    @classmethod
+    def from_model(cls, model, tokenizer, options=None, *, device=None) -> "TorchBackend":
+        """Wrap an already-loaded transformers (or peft) model and its tokenizer.
+
+        The caller keeps the model: it is neither moved, nor cast, nor switched between train
+        and eval mode (put it in eval mode for dropout-free generation), its generation config
+        is left as it is, and :meth:`close` only drops this backend's reference to it.
+
+        Args:
+            model: a causal LM (``PeftModel`` included), already on its device.
+            tokenizer: its tokenizer.
+            options: :class:`TorchOptions` or a mapping; the load-time options (``device``,
+                ``dtype``, ``adapter``, ``trust_remote_code``) do not apply and must stay unset.
+            device: where inputs go; default the device of the model's first parameter.
+
+        Returns:
+            A backend that generates and scores with ``model``.
+
+        Raises:
+            OptionsError: options that do not validate, or a load-time option.
+
+        Example:
+            >>> backend = TorchBackend.from_model(peft_model, tokenizer, {"constrained": False})  # doctest: +SKIP
+            >>> Analyzer(task="depression", backend=backend).analyze("好累").output             # doctest: +SKIP
+        """
+        name = getattr(getattr(model, "config", None), "name_or_path", None) or type(model).__name__
+        backend = cls.__new__(cls)
+        Backend.__init__(backend, str(name), options)
+        given = backend.options.model_fields_set & set(_LOAD_OPTIONS)
+        if given:
+            raise OptionsError(f"backend 'torch' option '{sorted(given)[0]}': not for a model already loaded "
+                               "(from_model takes the model as it is)")
+        _import_torch()
+        first = next(model.parameters())
+        backend.device, backend.dtype = device if device is not None else first.device, first.dtype
+        backend._owns_model = False
+        backend._attach(model, tokenizer)
+        return backend
+
+    def _attach(self, network, tokenizer) -> None:
+        """Take ``network`` and ``tokenizer`` as this backend's model."""
+        self.hf_model, self.tokenizer = network, tokenizer
+        self._config = _transformers_model(network).config
+        self._table: list[bytes | None] | None = None
+        self._settle_generation_config(network, tokenizer)
 
     # -- loading --------------------------------------------------------------------------
     def _pick_device(self, torch):
@@ -367,7 +416,7 @@ class TorchBackend(Backend):
         return torch.float32
 
     def _load(self, path: Path):
-        from mentalglm.converters.chatglm import is_chatglm_layout
+        from mentalglm.modelfiles.layout import is_chatglm_layout
 
         if not path.is_dir():
             # Only local directories: a hub name would make transformers download.
@@ -400,8 +449,6 @@ class TorchBackend(Backend):
         finally:
             if quiet:
                 transformers.utils.logging.enable_progress_bar()
-        self._config = network.config
-        self._settle_generation_config(network, tokenizer)
         if self.options.adapter:
             network = self._apply_adapter(network, Path(self.options.adapter))
         if self.device.type != "cuda":
@@ -415,19 +462,35 @@ class TorchBackend(Backend):
         transformers fills every setting a call leaves unset from ``model.generation_config``,
         so a checkpoint's ``repetition_penalty`` or ``no_repeat_ngram_size`` would silently
         change greedy decoding; only the backend's options may decide how tokens are chosen.
+        A model this backend loaded gets the bare config for good; a caller's model
+        (:meth:`from_model`) gets it only for the duration of each ``generate`` call.
         """
         from transformers import GenerationConfig
 
-        eos = getattr(getattr(network, "generation_config", None), "eos_token_id", None)
+        inner = _transformers_model(network)
+        eos = getattr(getattr(inner, "generation_config", None), "eos_token_id", None)
         if eos is None:
-            eos = getattr(network.config, "eos_token_id", None)
+            eos = getattr(inner.config, "eos_token_id", None)
         if eos is None:
             eos = tokenizer.eos_token_id
         self.eos_ids: set[int] = set(eos if isinstance(eos, (list, tuple)) else [] if eos is None else [eos])
         pad = tokenizer.pad_token_id
         self.pad_id: int = pad if pad is not None else (min(self.eos_ids) if self.eos_ids else 0)
-        network.generation_config = GenerationConfig(eos_token_id=sorted(self.eos_ids) or None,
+        self._generation_defaults = GenerationConfig(eos_token_id=sorted(self.eos_ids) or None,
                                                      pad_token_id=self.pad_id)
+        if self._owns_model:
+            inner.generation_config = self._generation_defaults
+
+    @contextlib.contextmanager
+    def _bare_generation_config(self, network):
+        """The backend's bare generation config on ``network`` while a ``generate`` call runs."""
+        inner = _transformers_model(network)
+        saved = inner.generation_config
+        inner.generation_config = self._generation_defaults
+        try:
+            yield
+        finally:
+            inner.generation_config = saved
 
     def _apply_adapter(self, network, adapter: Path):
         if not (adapter / "adapter_config.json").is_file():
@@ -559,7 +622,7 @@ class TorchBackend(Backend):
         else:
             settings.update(do_sample=True, temperature=self.options.temperature, top_p=self.options.top_p,
                             top_k=0)
-        with torch.inference_mode():
+        with torch.inference_mode(), self._bare_generation_config(network):
             output = network.generate(input_ids=input_ids.to(self.device), attention_mask=attention.to(self.device),
                                       generation_config=GenerationConfig(**settings), logits_processor=processors,
                                       stopping_criteria=criteria)
@@ -630,19 +693,39 @@ class TorchBackend(Backend):
         return scores
 
     def _accepts_logits_to_keep(self) -> bool:
-        base = self._live()
-        base = base.get_base_model() if hasattr(base, "get_base_model") else base
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
+        return "logits_to_keep" in inspect.signature(_transformers_model(self._live()).forward).parameters
 
     def close(self) -> None:
-        """Free the model (and CUDA cache); the backend is unusable afterwards."""
+        """Free the model (and CUDA cache); the backend is unusable afterwards.
+
+        A model wrapped with :meth:`from_model` belongs to the caller: only this backend's
+        references to it are dropped.
+        """
         if self.hf_model is None:
             return
-        on_cuda = self.device.type == "cuda"
         self.hf_model = None
         self._table = None
+        if not self._owns_model:
+            return
         gc.collect()
-        if on_cuda:
+        if self.device.type == "cuda":
             import torch
 
             torch.cuda.empty_cache()
+
+
+def _import_torch():
+    """torch, with transformers checked too, so a missing extra is one line rather than a traceback."""
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError:
+        raise MentalGLMError("the torch backend needs PyTorch and transformers: pip install 'mentalglm[torch]'") \
+            from None
+    return torch
+
+
+def _transformers_model(network):
+    """The transformers model inside a peft wrapper (or ``network`` itself): where config and
+    generation config live."""
+    return network.get_base_model() if hasattr(network, "get_base_model") else network

@@ -18,8 +18,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from mentalglm.converters.safetensors_reader import checkpoint_files
 from mentalglm.core.errors import MentalGLMError
+from mentalglm.core.files import read_json_object
+from mentalglm.modelfiles.layout import is_chatglm_layout
+from mentalglm.modelfiles.safetensors import checkpoint_files
 
 __all__ = ["is_chatglm_layout", "import_chatglm", "tokenizer_json_from_tiktoken", "TensorSource", "ShardWriter"]
 
@@ -147,30 +149,6 @@ class ShardWriter:
         (self.out_dir / _INDEX).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
 
 
-def _read_json(path: Path, what: str) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MentalGLMError(f"{path}: {what} not found") from None
-    except (OSError, ValueError) as exc:
-        raise MentalGLMError(f"{path}: unreadable {what} ({exc})") from None
-    if not isinstance(data, dict):
-        raise MentalGLMError(f"{path}: {what} is not a JSON object")
-    return data
-
-
-def is_chatglm_layout(model_dir) -> bool:
-    """Whether ``model_dir`` holds a model in the original THUDM ChatGLM layout (by its config.json)."""
-    try:
-        config = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    if not isinstance(config, dict):
-        return False
-    architectures = config.get("architectures") or []
-    return config.get("model_type") == "chatglm" or any(str(a).startswith("ChatGLM") for a in architectures)
-
-
 def _token_text(value) -> str | None:
     if isinstance(value, dict):  # serialized AddedToken
         return value.get("content")
@@ -194,7 +172,7 @@ def _chatglm_tokenizer(model_dir: Path):
 
     ranks = read_tiktoken(model_dir / "tokenizer.model")
     config_path = model_dir / "tokenizer_config.json"
-    tok_config = _read_json(config_path, "tokenizer config") if config_path.exists() else {}
+    tok_config = read_json_object(config_path, "tokenizer config") if config_path.exists() else {}
     decoder = tok_config.get("added_tokens_decoder")
     if decoder:
         try:
@@ -274,7 +252,7 @@ def import_chatglm(src_dir, out_dir, *, dtype=None, max_shard_size: int = _DEFAU
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
     config_path = src_dir / "config.json"
-    config = _read_json(config_path, "model config")
+    config = read_json_object(config_path, "model config")
     if not is_chatglm_layout(src_dir):
         raise MentalGLMError(f"{config_path}: not a ChatGLM config (model_type {config.get('model_type')!r})")
     for key, unsupported, why in (("rmsnorm", False, "LayerNorm instead of RMSNorm"),
@@ -386,7 +364,8 @@ def _tensor_plan(layers: int, qkv_bias: bool) -> list[tuple[list[str], list[str]
 
 def _write_tokenizer(src_dir: Path, out_dir: Path, tokenizer, specials: dict[int, str], tok_config: dict,
                      max_length: int) -> None:
-    from mentalglm.converters.tiktoken_bpe import GLM4_CHAT_TEMPLATE, write_hf_tokenizer
+    from mentalglm.converters.tiktoken_bpe import write_hf_tokenizer
+    from mentalglm.modelfiles.tokens import GLM4_CHAT_TEMPLATE
 
     template = chat_template(src_dir, tok_config) or GLM4_CHAT_TEMPLATE
     write_hf_tokenizer(
@@ -399,7 +378,7 @@ def _write_tokenizer(src_dir: Path, out_dir: Path, tokenizer, specials: dict[int
 
 def _write_generation_config(src_dir: Path, out_dir: Path, eos, pad) -> None:
     path = src_dir / "generation_config.json"
-    generation = _read_json(path, "generation config") if path.exists() else {}
+    generation = read_json_object(path, "generation config") if path.exists() else {}
     if generation.get("eos_token_id") is None and eos is not None:
         generation["eos_token_id"] = eos
     if generation.get("pad_token_id") is None and pad is not None:

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from mentalglm.converters.glm_spec import DROPPED, GLMSpec, read_spec
 from mentalglm.converters.gguf_vocab import read_vocab
+from mentalglm.converters.glm_spec import DROPPED, GLMSpec, read_spec
 from mentalglm.converters.lora import LoraAdapter
-from mentalglm.converters.safetensors_reader import SafetensorsCheckpoint
 from mentalglm.core.errors import MentalGLMError
+from mentalglm.modelfiles.safetensors import SafetensorsCheckpoint
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +169,7 @@ def _write_direct(model_dir: Path, out_path: Path, outtype: str, adapter_dir: Pa
         writer.write_header_to_file(out_path)
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        for (target, source), (kind, byte_shape, dtype) in zip(plan, kinds):
+        for (_, source), (kind, byte_shape, dtype) in zip(plan, kinds):
             out = np.empty(byte_shape, dtype=dtype)
             for rows, block in checkpoint.row_blocks(source):
                 if adapter:
@@ -196,7 +196,7 @@ def _encode(block: np.ndarray, kind) -> np.ndarray:
 def _k_quantize(source: Path, target: Path, outtype: str) -> None:
     import ctypes
 
-    from mentalglm.llamacpp_native import llama_cpp_quiet
+    from mentalglm.backends.llamacpp_native import llama_cpp_quiet
 
     with llama_cpp_quiet() as llama_cpp:
         params = llama_cpp.llama_model_quantize_default_params()

@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from mentalglm.core.errors import MentalGLMError
+from mentalglm.modelfiles.gguf_fields import field_value
 
 #: Metadata keys (after the ``{arch}.`` prefix) shown as the model's shape.
 SHAPE_KEYS = ("context_length", "embedding_length", "feed_forward_length", "block_count",
@@ -13,19 +14,29 @@ SHAPE_KEYS = ("context_length", "embedding_length", "feed_forward_length", "bloc
               "attention.layer_norm_rms_epsilon", "rope.dimension_count", "rope.freq_base")
 
 
-def field_value(field):
-    """The Python value of a GGUFReader field (strings decoded, arrays as lists)."""
-    import gguf
+def expected_size(path: Path) -> int | None:
+    """The file size a GGUF file's own header promises (end of its last tensor), or None if unreadable.
 
-    if not field.types:
+    Reads the header and tensor table only, so a truncated file can be told from a foreign one.
+    """
+    import gguf
+    import numpy as np
+
+    class _HeaderOnly(gguf.GGUFReader):
+        # gguf-py maps every tensor while reading the header, and a cut-off tensor fails there
+        # with a reshape error; this reader only adds up where the tensors end.
+        def _build_tensors(self, start_offs, fields):
+            end = start_offs
+            for field in fields:
+                _, _, _, dims, raw_dtype, offset = field.parts
+                block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(raw_dtype[0]))]
+                end = max(end, start_offs + int(offset[0]) + int(np.prod(dims)) * size // block)
+            self.expected_bytes, self.tensors = end, []
+
+    try:
+        return _HeaderOnly(path).expected_bytes
+    except Exception:  # a header cut short or a foreign file: the full reader says what is wrong
         return None
-    if field.types[0] == gguf.GGUFValueType.ARRAY:
-        if len(field.types) > 1 and field.types[1] == gguf.GGUFValueType.STRING:
-            return [bytes(field.parts[i]).decode("utf-8", "replace") for i in field.data]
-        return [field.parts[i].tolist()[0] for i in field.data]
-    if field.types[0] == gguf.GGUFValueType.STRING:
-        return bytes(field.parts[field.data[0]]).decode("utf-8", "replace")
-    return field.parts[field.data[0]].tolist()[0]
 
 
 def inspect_gguf(path: str | Path) -> dict:
@@ -39,6 +50,10 @@ def inspect_gguf(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise MentalGLMError(f"{path}: no such file")
+    expected = expected_size(path)
+    if expected is not None and expected > path.stat().st_size:
+        raise MentalGLMError(f"{path}: truncated: expected {expected:,} bytes, found {path.stat().st_size:,} "
+                             "(an interrupted copy or download?)")
     try:
         reader = gguf.GGUFReader(path)
     except Exception as exc:  # gguf raises ValueError/struct errors on foreign files
@@ -98,7 +113,8 @@ def render_inspection(info: dict) -> str:
                  f"add_bos={tok['add_bos']}; {special}")
     lines.append(f"control tokens: {' '.join(tok['control_tokens'])}")
     template = info["chat_template"]
-    lines.append("chat template: " + (repr(template[:120]) + ("…" if len(template) > 120 else "") if template else "none"))
+    lines.append("chat template: "
+                 + (repr(template[:120]) + ("…" if len(template) > 120 else "") if template else "none"))
     if info["provenance"]:
         lines.append("provenance: " + ", ".join(f"{k.split('.', 1)[1]}={v}" for k, v in info["provenance"].items()))
     return "\n".join(lines)

@@ -75,7 +75,8 @@ class GLMSpec:
             per_layer["attn_qkv.weight"] = (q + 2 * kv, hidden)
             biases = {"attn_qkv.bias": (q + 2 * kv,)}
         else:
-            per_layer.update({"attn_q.weight": (q, hidden), "attn_k.weight": (kv, hidden), "attn_v.weight": (kv, hidden)})
+            per_layer.update({"attn_q.weight": (q, hidden), "attn_k.weight": (kv, hidden),
+                              "attn_v.weight": (kv, hidden)})
             biases = {"attn_q.bias": (q,), "attn_k.bias": (kv,), "attn_v.bias": (kv,)}
         if self.qkv_bias:
             per_layer.update(biases)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mentalglm.converters.safetensors_reader import SafetensorsCheckpoint, TensorEntry
 from mentalglm.core.errors import MentalGLMError
+from mentalglm.modelfiles.safetensors import SafetensorsCheckpoint, TensorEntry
 
 _PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.lora_(?P<part>A|B)(?:\.[^.]+)?\.weight$")
@@ -62,7 +62,8 @@ class LoraAdapter:
         except (OSError, ValueError) as exc:
             raise MentalGLMError(f"{config_path}: unreadable ({exc})") from None
         if self.config.get("peft_type", "LORA") != "LORA":
-            raise MentalGLMError(f"{config_path}: field 'peft_type': {self.config.get('peft_type')!r}; only LORA merges")
+            raise MentalGLMError(f"{config_path}: field 'peft_type': {self.config.get('peft_type')!r}; "
+                                 "only LORA merges")
         for feature in ("use_dora", "lora_bias"):
             if self.config.get(feature):
                 raise MentalGLMError(f"{config_path}: field '{feature}': not supported by the merge")
@@ -91,7 +92,8 @@ class LoraAdapter:
         targets = {}
         for module, pair in parts.items():
             if set(pair) != {"A", "B"}:
-                raise MentalGLMError(f"{self.dir}: module '{module}' has lora_{'A' if 'A' in pair else 'B'} but not its pair")
+                raise MentalGLMError(f"{self.dir}: module '{module}' has lora_{'A' if 'A' in pair else 'B'} "
+                                     "but not its pair")
             rank = _pattern_value(rank_pattern, module, r)
             module_alpha = _pattern_value(alpha_pattern, module, alpha)
             scale = module_alpha / (math.sqrt(rank) if self.config.get("use_rslora") else rank)
@@ -157,7 +159,8 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
     out.mkdir(parents=True, exist_ok=True)
     header, offset = {}, 0
     for name, entry in base.entries.items():
-        header[name] = {"dtype": entry.dtype, "shape": list(entry.shape), "data_offsets": [offset, offset + entry.nbytes]}
+        header[name] = {"dtype": entry.dtype, "shape": list(entry.shape),
+                        "data_offsets": [offset, offset + entry.nbytes]}
         offset += entry.nbytes
     header["__metadata__"] = {"format": "pt", "merged_adapter": str(adapter.dir.name)}
     blob = json.dumps(header, separators=(",", ":")).encode()
@@ -175,7 +178,8 @@ def merge_lora(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Pat
         stale.unlink()
     partial.replace(out / "model.safetensors")
     for source in Path(base_dir).iterdir():
-        if source.is_file() and not source.name.endswith((".safetensors", ".bin")) and source.name != "model.safetensors.index.json":
+        if (source.is_file() and not source.name.endswith((".safetensors", ".bin"))
+                and source.name != "model.safetensors.index.json"):
             shutil.copy2(source, out / source.name)
     return out
 

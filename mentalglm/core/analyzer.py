@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from . import run_record
 from .backend import Backend, BackendOptions, GenerationRequest
-from .constraint import COLON
 from .data import JsonlAppender, read_done
 from .errors import MentalGLMError
 from .plugins import PluginManager, get_plugin_manager
@@ -38,6 +38,7 @@ class RunSummary:
     skipped: int
     invalid: int
     output: str
+    without_label_line: int = 0
 
 
 class _Progress:
@@ -85,6 +86,8 @@ class Analyzer:
         redact: replace phone numbers, e-mail addresses, URLs, @mentions and ID-card numbers
             before text reaches the backend; default: on for backends that send text away
             (``openai``), off for local ones.
+        strict_format: only an answer with a label line (``标签：…``) counts; by default a label
+            named in prose is read too (and counted as read without a label line).
         plugins: the plugin manager to resolve names with (the process-wide one by default).
 
     Raises:
@@ -95,7 +98,7 @@ class Analyzer:
     def __init__(self, task: Task | str, backend: Backend | str = "llamacpp", model: str | None = None, *,
                  prompt: PromptStyle | str = "glm4-chat", options: BackendOptions | Mapping[str, Any] | None = None,
                  system: str | None = None, batch_size: int = 8, mode: str = "generate", explain: bool = True,
-                 redact: bool | None = None, plugins: PluginManager | None = None):
+                 redact: bool | None = None, strict_format: bool = False, plugins: PluginManager | None = None):
         self.plugins = plugins or get_plugin_manager()
         self.task = self.plugins.task(task) if isinstance(task, str) else task
         self.prompt = self.plugins.prompt(prompt) if isinstance(prompt, str) else prompt
@@ -106,6 +109,7 @@ class Analyzer:
         if mode == "score" and getattr(self.task, "kind", "") != "single-label":
             raise MentalGLMError(f"score mode needs a single-label task; '{self.task.name}' is {self.task.kind}")
         self.batch_size, self.system, self.mode, self.explain = batch_size, system, mode, explain
+        self.strict_format = strict_format
         if isinstance(backend, str):
             self.backend = self.plugins.backend_class(backend)(model, options)
             self._owns_backend = True
@@ -114,7 +118,16 @@ class Analyzer:
         if mode == "score" and "score_labels" not in self.backend.capabilities:
             raise MentalGLMError(f"backend '{self.backend.name}' cannot score labels; use --mode generate")
         self.redact = self.backend.redacts_by_default if redact is None else redact
-        self._format = self.task.response_format()
+        self.response_format = self.task.response_format()
+
+    def settings(self) -> dict:
+        """Everything that changes a prediction, JSON-ready: what a run record holds (data aside)."""
+        return {"task": self.task.name, "task_sha256": run_record.digest(self.task.describe()),
+                "backend": self.backend.name, "model": self.backend.model, "prompt": self.prompt.name,
+                "prompt_sha256": run_record.digest(self.prompt.render("{instruction}", "{post}", self.system)),
+                "system": self.system, "mode": self.mode, "explain": self.explain if self.mode == "score" else None,
+                "redact": self.redact, "strict_format": self.strict_format,
+                "options": self.backend.options.model_dump(mode="json")}
 
     def render(self, post: Post) -> str:
         """The exact model input for ``post`` (its own C-IMHI instruction if it has one)."""
@@ -149,7 +162,8 @@ class Analyzer:
             else:
                 high = middle - 1
         if low == 0:
-            raise MentalGLMError(f"the instruction alone does not fit the model's context of {self.backend.context_length} "
+            raise MentalGLMError("the instruction alone does not fit the model's context of "
+                                 f"{self.backend.context_length} "
                                  "tokens; raise n_ctx or lower max_new_tokens")
         cut = replace(post, text=post.text[:low])
         return cut, self.render(cut)
@@ -159,8 +173,8 @@ class Analyzer:
         if self.mode == "score":
             outputs = [self._score(p, prompt) for p, prompt, _ in prepared]
         else:
-            requests = [GenerationRequest(id=p.id, prompt=prompt, stop=self.prompt.stop, response_format=self._format)
-                        for p, prompt, _ in prepared]
+            requests = [GenerationRequest(id=p.id, prompt=prompt, stop=self.prompt.stop,
+                                          response_format=self.response_format) for p, prompt, _ in prepared]
             outputs = [(c.text, dict(c.usage), None) for c in self.backend.generate(requests)]
         predictions = []
         for post, (_, _, flags), (text, usage, scores) in zip(posts, prepared, outputs):
@@ -168,20 +182,18 @@ class Analyzer:
             prediction.usage, prediction.scores = usage, scores
             prediction.truncated = bool(flags.get("truncated"))
             prediction.redactions = flags.get("redactions") or {}
-            self.plugins.hook.on_prediction(prediction=prediction, task=self.task)
             predictions.append(prediction)
         return predictions
 
     def _score(self, post: Post, prompt: str) -> tuple[str, dict, dict]:
         """Label by log-likelihood after the label header; the explanation is generated for that label."""
-        head = f"{self.task.label_prefix}{COLON}"
         labels = list(self.task.label_names)
-        scores = dict(zip(labels, self.backend.score_labels(prompt + head, labels)))
+        scores = dict(zip(labels, self.backend.score_labels(prompt + self.response_format.label_head, labels)))
         best = max(labels, key=scores.get)
-        answer = f"{head}{best}"
+        answer = self.response_format.render([best])
         usage: dict = {}
         if self.explain:
-            lead = f"{answer}\n{self.task.explanation_prefix}{COLON}"
+            lead = self.response_format.explanation_lead([best])
             completion = self.backend.generate([GenerationRequest(id=post.id, prompt=prompt + lead,
                                                                   stop=self.prompt.stop)])[0]
             answer, usage = lead + completion.text, dict(completion.usage)
@@ -189,18 +201,19 @@ class Analyzer:
 
     def predict_from_output(self, post: Post, output: str) -> Prediction:
         """Parse a model output for ``post`` into a Prediction (no backend call)."""
-        parsed = self.task.parse(output)
+        parsed = self.task.parse(output, strict=self.strict_format)
         return Prediction(id=post.id, task=self.task.name, labels=list(parsed.labels),
                           explanation=parsed.explanation, valid=parsed.valid, output=output,
                           problem=parsed.problem, fields=dict(parsed.fields) if parsed.fields is not None else None,
-                          gold=post.gold)
+                          gold=post.gold, label_line=parsed.label_line)
 
     def analyze(self, text: str, id: str = "1") -> Prediction:
-        """Analyse one post given as text."""
-        return self._predictions([Post(id=str(id), text=text)])[0]
+        """Analyse one post given as text (``on_prediction`` fires before it is returned)."""
+        prediction = self._predictions([Post(id=str(id), text=text)])[0]
+        self.plugins.notify_prediction(prediction, self.task)
+        return prediction
 
-    def analyze_many(self, posts: Iterable[Post | str]) -> Iterator[Prediction]:
-        """Analyse posts in batches, yielding Predictions in input order; strings get ids 1, 2, …"""
+    def _batches(self, posts: Iterable[Post | str]) -> Iterator[Prediction]:
         batch: list[Post] = []
         for number, post in enumerate(posts, 1):
             batch.append(post if isinstance(post, Post) else Post(id=str(number), text=post))
@@ -210,26 +223,58 @@ class Analyzer:
         if batch:
             yield from self._predictions(batch)
 
-    def run(self, posts: Sequence[Post], output: str | os.PathLike, progress: bool | None = None) -> RunSummary:
+    def analyze_many(self, posts: Iterable[Post | str]) -> Iterator[Prediction]:
+        """Analyse posts in batches, yielding Predictions in input order; strings get ids 1, 2, …
+
+        ``on_prediction`` fires for each prediction just before it is yielded.
+        """
+        for prediction in self._batches(posts):
+            self.plugins.notify_prediction(prediction, self.task)
+            yield prediction
+
+    def run(self, posts: Sequence[Post], output: str | os.PathLike, progress: bool | None = None, *,
+            data: str | os.PathLike | None = None, record: str | os.PathLike | None = None,
+            retry_hint: str = "use another output or delete it") -> RunSummary:
         """Analyse ``posts`` into a JSONL file, appending each prediction as it is made.
 
         Posts whose id is already in ``output`` are skipped, so rerunning after an interruption
-        finishes the job with every id exactly once.
+        finishes the job with every id exactly once. The settings are kept in a run record
+        (``record``, by default ``OUTPUT.run.json``); a rerun whose settings or data differ from
+        those of the predictions already in ``output`` is refused, never mixed in.
+        ``on_prediction`` fires for each new prediction after it is written and flushed.
+
+        Args:
+            posts: the posts to analyse.
+            output: the JSONL file of predictions.
+            progress: show a progress bar (default: when stderr is a terminal).
+            data: the file the posts came from (its SHA-256 is recorded).
+            record: where the run record goes.
+            retry_hint: how the refusal message tells the user to start afresh.
+
+        Raises:
+            MentalGLMError: the output holds predictions made with other settings or other data.
         """
         done = read_done(output)
+        record = run_record.sidecar_path(output) if record is None else record
+        run_record.claim(record, {**self.settings(), **run_record.data_settings(posts, data)}, output=output,
+                         has_predictions=bool(done), retry_hint=retry_hint)
         todo = [p for p in posts if p.id not in done]
         if done:
             log.info("resuming: %d of %d posts already in %s", len(posts) - len(todo), len(posts), output)
-        invalid = 0
+        self.backend.preflight([p.id for p in todo])
+        invalid = without_label_line = 0
         meter = _Progress(len(todo), progress)
         with JsonlAppender(output) as sink:
-            for prediction in self.analyze_many(todo):
+            for prediction in self._batches(todo):
                 sink.write(prediction.to_dict())
+                # Only now, with the record on disk: a crash cannot make a plugin see a post twice.
+                self.plugins.notify_prediction(prediction, self.task)
                 invalid += not prediction.valid
+                without_label_line += prediction.valid and not prediction.label_line
                 meter.advance(1)
         meter.finish()
         return RunSummary(total=len(posts), analysed=len(todo), skipped=len(posts) - len(todo),
-                          invalid=invalid, output=str(output))
+                          invalid=invalid, output=str(output), without_label_line=without_label_line)
 
     def close(self) -> None:
         """Close the backend if this Analyzer created it."""

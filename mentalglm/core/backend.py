@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .constraint import ResponseFormat
 from .errors import OptionsError
+from .response_format import ResponseFormat
 
 
 class BackendOptions(BaseModel):
@@ -135,6 +135,12 @@ class Backend(ABC):
                             "required": info.is_required(), "help": info.description or ""})
         return {"name": cls.name, "description": cls.description, "requires_model": cls.requires_model,
                 "capabilities": sorted(cls.capabilities), "options": options}
+
+    def preflight(self, post_ids: Sequence[str]) -> None:
+        """Check, before the first post of a run, that the backend can answer these posts.
+
+        Raises a one-line MentalGLMError when it cannot (``replay``: ids without saved output).
+        """
 
     @abstractmethod
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:

@@ -1,61 +1,37 @@
 """Evaluation runs: predictions.jsonl, metrics.json and report.md in one output folder.
 
-A run folder also holds ``run.json`` (task, backend, model, prompt, data, options). Rerunning
-the same command resumes: ids already in ``predictions.jsonl`` are not analysed again; a
-different configuration in the same folder is refused rather than mixed in.
+A run folder also holds ``run.json``: every setting that changes a prediction, and the data's
+SHA-256 (see :mod:`mentalglm.core.run_record`). Rerunning the same command resumes: ids
+already in ``predictions.jsonl`` are not analysed again; other settings or other data in the
+same folder are refused, naming the setting, rather than mixed in.
+
+Every real-valued headline metric carries a 95 % confidence interval in ``metrics.json``
+(``intervals``) and ``report.md``: Wilson score intervals for rates of posts, a seeded
+percentile bootstrap over posts for the rest (see :mod:`mentalglm.core.statistics`). The
+bootstrap settings are kept in ``metrics.json`` (``bootstrap``), not in ``run.json``: they
+change the intervals, never a prediction, so a rerun with other settings simply re-scores.
 """
 
 from __future__ import annotations
 
-import json
-import platform
 import time
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Sequence
 
+from . import statistics
 from .analyzer import Analyzer
 from .data import read_done
 from .errors import MentalGLMError
+from .files import read_json, write_json
 from .prediction import Post
-
-#: Distributions whose versions are recorded in metrics.json when installed.
-RECORDED_PACKAGES = ("mentalglm", "pluggy", "pydantic", "scikit-learn", "numpy", "torch", "transformers",
-                     "peft", "llama_cpp_python", "gguf")
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the installed packages that can change results, without importing them."""
-    versions = {"python": platform.python_version()}
-    for name in RECORDED_PACKAGES:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions
-
-
-def _check_run_config(folder: Path, config: dict) -> None:
-    path = folder / "run.json"
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            previous = None
-        if previous != config:
-            changed = sorted(k for k in set(config) | set(previous or {})
-                             if (previous or {}).get(k) != config.get(k))
-            raise MentalGLMError(f"{folder} holds a run with other settings ({', '.join(changed)}); "
-                                 "use another --output-dir or delete it")
-    else:
-        folder.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+from .provenance import package_versions
 
 
 def evaluate(analyzer: Analyzer, posts: Sequence[Post], output_dir: str | Path, *, data: str,
-             progress: bool | None = None) -> dict:
-    """Analyse gold-labelled posts and score them with the task's metrics.
+             progress: bool | None = None, bootstrap: int = statistics.DEFAULT_RESAMPLES,
+             seed: int = statistics.DEFAULT_SEED) -> dict:
+    """Analyse gold-labelled posts and score them with the task's metrics, each with a 95 % interval.
 
     Args:
         analyzer: the configured Analyzer.
@@ -63,6 +39,9 @@ def evaluate(analyzer: Analyzer, posts: Sequence[Post], output_dir: str | Path, 
         output_dir: the run folder (created if missing).
         data: how the data was named (recorded in metrics.json).
         progress: show a progress line (default: when stderr is a terminal).
+        bootstrap: percentile-bootstrap resamples over posts for the intervals (0: bootstrap off;
+            rates still get their Wilson interval). Not part of the run record: it changes no prediction.
+        seed: seed of the bootstrap's resampling.
 
     Returns:
         The metrics document, also written to ``metrics.json``.
@@ -70,6 +49,8 @@ def evaluate(analyzer: Analyzer, posts: Sequence[Post], output_dir: str | Path, 
     Raises:
         MentalGLMError: a post without a gold answer, or a folder holding another run.
     """
+    if bootstrap < 0 or seed < 0:
+        raise MentalGLMError("--bootstrap and --seed must be zero or more")
     task = analyzer.task
     unlabelled = [p for p in posts if p.gold is None]
     if unlabelled:
@@ -81,29 +62,34 @@ def evaluate(analyzer: Analyzer, posts: Sequence[Post], output_dir: str | Path, 
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise MentalGLMError(f"{folder}: cannot create the output folder: {exc.strerror or exc}") from None
-    config = {"task": task.name, "backend": analyzer.backend.name, "model": analyzer.backend.model,
-              "prompt": analyzer.prompt.name, "data": data, "system": analyzer.system,
-              "options": analyzer.backend.options.model_dump()}
-    _check_run_config(folder, config)
     started = time.time()
-    summary = analyzer.run(posts, folder / "predictions.jsonl", progress=progress)
+    summary = analyzer.run(posts, folder / "predictions.jsonl", progress=progress, data=data,
+                           record=folder / "run.json", retry_hint="use another --output-dir or delete it")
+    config = read_json(folder / "run.json", "run record")
     saved = read_done(folder / "predictions.jsonl")
     # Score from the raw outputs on disk so resumed and fresh runs are scored identically.
-    responses = [task.parse(saved[p.id]["output"]) for p in posts]
-    metrics = task.compute_metrics([p.gold for p in posts], responses)
+    responses = [task.parse(saved[p.id]["output"], strict=analyzer.strict_format) for p in posts]
+    golds = [p.gold for p in posts]
+    metrics = task.compute_metrics(golds, responses)
+    intervals, bootstrap_settings = statistics.metric_intervals(task, golds, responses, metrics,
+                                                                resamples=bootstrap, seed=seed)
     document = {
         **config,
         "counts": {"posts": len(posts), "valid": metrics["n"] - metrics["invalid"], "invalid": metrics["invalid"],
+                   "without_label_line": sum(r.valid and not r.label_line for r in responses),
                    "analysed_now": summary.analysed, "resumed": summary.skipped},
         "primary_metric": task.primary_metric,
         "primary_value": metrics.get(task.primary_metric),
+        "primary_interval": intervals.get(task.primary_metric),
         "metrics": metrics,
+        "intervals": intervals,
+        "bootstrap": bootstrap_settings,
         "versions": package_versions(),
         "time": {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "seconds": round(time.time() - started, 3)},
         "invalid_ids": [p.id for p, r in zip(posts, responses) if not r.valid],
     }
-    (folder / "metrics.json").write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_json(folder / "metrics.json", document)
     (folder / "report.md").write_text(render_report(document), encoding="utf-8")
     return document
 
@@ -117,21 +103,46 @@ def headline_metrics(metrics: dict) -> list[tuple[str, object]]:
     return [(k, v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "n"]
 
 
+def interval_note(document: dict) -> str:
+    """One sentence saying how the intervals of a metrics document were made."""
+    settings = document.get("bootstrap") or {}
+    methods = {i["method"] for i in (document.get("intervals") or {}).values()}
+    wilson = [k for k, i in (document.get("intervals") or {}).items() if i["method"] == statistics.WILSON]
+    parts = []
+    if statistics.PERCENTILE_BOOTSTRAP in methods:
+        parts.append(f"percentile bootstrap over posts ({settings.get('resamples', 0):,} resamples, "
+                     f"seed {settings.get('seed')})")
+    elif not settings.get("resamples"):
+        parts.append("bootstrap off (--bootstrap 0)")
+    if wilson:
+        parts.append(f"Wilson score interval for {', '.join(wilson)}")
+    confidence = settings.get("confidence", statistics.CONFIDENCE)
+    return f"{confidence * 100:g} % confidence intervals: " + "; ".join(parts)
+
+
 def render_report(document: dict) -> str:
-    """A readable Markdown report: summary, metrics, per-label table and confusion matrix."""
+    """A readable Markdown report: summary, metrics with intervals, per-label table and confusion matrix."""
     metrics = document["metrics"]
+    intervals = document.get("intervals") or {}
     counts = document["counts"]
     rate = counts["invalid"] / counts["posts"] if counts["posts"] else 0.0
     lines = [f"# Evaluation: {document['task']}", "",
              f"- data: `{document['data']}` ({counts['posts']} posts)",
              f"- backend: `{document['backend']}`, model: `{document['model']}`, prompt: `{document['prompt']}`",
              f"- invalid outputs: {counts['invalid']} ({rate:.1%}) — scored as wrong",
-             f"- primary metric: **{document['primary_metric']} = {_fmt(document['primary_value'])}**",
+             ("- strict format: answers without a label line count as invalid" if document.get("strict_format")
+              else f"- valid answers read without a label line: {counts.get('without_label_line', 0)}"),
+             f"- primary metric: **{document['primary_metric']} = {_fmt(document['primary_value'])}**"
+             + (f" (95 % CI {statistics.format_interval(intervals[document['primary_metric']])})"
+                if document["primary_metric"] in intervals else ""),
+             f"- {interval_note(document)}",
              f"- finished: {document['time']['finished']}", "",
-             "## Metrics", "", "| metric | value |", "| --- | --- |"]
-    lines += [f"| {k} | {_fmt(v)} |" for k, v in headline_metrics(metrics)]
+             "## Metrics", "", "| metric | value | 95 % CI | method |", "| --- | --- | --- | --- |"]
+    lines += [f"| {k} | {_fmt(v)} | {statistics.format_interval(intervals.get(k)) or '—'} | "
+              f"{intervals[k]['method'] if k in intervals else '—'} |" for k, v in headline_metrics(metrics)]
     if "per_label" in metrics:
-        lines += ["", "## Per label", "", "| label | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
+        lines += ["", "## Per label", "", "| label | precision | recall | F1 | support |",
+                  "| --- | --- | --- | --- | --- |"]
         lines += [f"| {label} | {s['precision']:.4f} | {s['recall']:.4f} | {s['f1']:.4f} | {s['support']} |"
                   for label, s in metrics["per_label"].items()]
     if "per_field" in metrics:
@@ -145,7 +156,8 @@ def render_report(document: dict) -> str:
         lines += [f"| {gold} | " + " | ".join(str(c) for c in row) + " |"
                   for gold, row in zip(matrix["gold"], matrix["counts"])]
     elif matrix:
-        lines += ["", "## Confusion counts per label", "", "| label | TP | FP | FN | TN |", "| --- | --- | --- | --- | --- |"]
+        lines += ["", "## Confusion counts per label", "", "| label | TP | FP | FN | TN |",
+                  "| --- | --- | --- | --- | --- |"]
         lines += [f"| {label} | {m['tp']} | {m['fp']} | {m['fn']} | {m['tn']} |" for label, m in matrix.items()]
     if document["invalid_ids"]:
         lines += ["", "## Invalid outputs", "", "Post ids: " + ", ".join(document["invalid_ids"]),

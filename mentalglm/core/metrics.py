@@ -57,8 +57,13 @@ def multi_label_metrics(gold: Sequence[Sequence[str]], predicted: Sequence[Seque
 
     Invalid responses are scored as predicting no label.
     """
-    from sklearn.metrics import (accuracy_score, f1_score, hamming_loss, multilabel_confusion_matrix,
-                                 precision_recall_fscore_support)
+    from sklearn.metrics import (
+        accuracy_score,
+        f1_score,
+        hamming_loss,
+        multilabel_confusion_matrix,
+        precision_recall_fscore_support,
+    )
     from sklearn.preprocessing import MultiLabelBinarizer
 
     labels = list(labels)

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 #: Separators between labels in a multi-label answer (after NFKC, so full-width forms are folded).
-LABEL_SEPARATORS = re.compile(r"[、,;/|\n]+|\s+(?:和|及|以及|与|and|&)\s+|(?<=[\u4e00-\u9fff])(?:和|以及|及|与)(?=[\u4e00-\u9fff])")
+LABEL_SEPARATORS = re.compile(r"[、,;/|\n]+|\s+(?:和|及|以及|与|and|&)\s+"
+                              r"|(?<=[\u4e00-\u9fff])(?:和|以及|及|与)(?=[\u4e00-\u9fff])")
 
 #: A negation just before a label mention, within its clause (text is folded: lower case, NFKC).
 _NEGATION = re.compile(r"(?:不|没有|没|无|未|并非|不是|不属于|不存在|排除|not|no|non|isn't|is not)[ -]?"

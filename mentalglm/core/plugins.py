@@ -3,8 +3,10 @@
 Built-in tasks, prompt styles and backends are registered through the same hooks as
 third-party ones. A third-party plugin that fails to import, or whose hook raises, is skipped
 with a warning naming it (``MENTALGLM_STRICT_PLUGINS=1`` re-raises instead), so one broken
-package cannot take the CLI down. ``MENTALGLM_LOAD_PLUGINS`` restricts which third-party
-plugins load: a comma-separated list of entry-point names, or empty for none (the tests use it).
+package cannot take the CLI down. Two plugins registering the same name is a *conflict*:
+``mentalglm plugins`` reports it, and only using that name is refused (naming both plugins).
+``MENTALGLM_LOAD_PLUGINS`` restricts which third-party plugins load: a comma-separated list of
+entry-point names, or empty for none (the tests use it).
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ from .task import Task
 
 #: Modules registered as built-in plugins, under these plugin names.
 BUILTIN_PLUGINS = {
-    "mentalglm.tasks": "mentalglm.plugins.tasks",
-    "mentalglm.prompts": "mentalglm.plugins.prompts",
-    "mentalglm.backends": "mentalglm.plugins.backends",
+    "mentalglm.tasks": "mentalglm.default_plugins.tasks",
+    "mentalglm.prompts": "mentalglm.default_plugins.prompts",
+    "mentalglm.backends": "mentalglm.default_plugins.backends",
 }
 ENTRY_POINT_GROUP = "mentalglm"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -97,6 +99,8 @@ class PluginManager:
         self._versions: dict[str, str] = {}
         self._builtin: set[str] = set()
         self._cache: dict[str, dict] | None = None
+        #: (kind, name) → the plugins that all registered it; such a name cannot be used.
+        self.conflicts: dict[tuple[str, str], list[str]] = {}
         for name, module in BUILTIN_PLUGINS.items():
             self.pm.register(importlib.import_module(module), name=name)
             self._builtin.add(name)
@@ -135,18 +139,31 @@ class PluginManager:
         registered = self.pm.register(plugin, name=name)
         if registered is None:
             raise PluginError(f"plugin '{name or plugin}' is already registered")
-        self._cache = None
+        self._forget()
         return registered
 
     def unregister(self, name: str) -> None:
         """Remove a plugin registered under ``name``."""
         self.pm.unregister(name=name)
+        self._forget()
+
+    def _forget(self) -> None:
         self._cache = None
+        self.conflicts = {}
 
     @property
     def hook(self):
-        """The pluggy hook relay (for calling ``on_prediction``)."""
+        """The pluggy hook relay."""
         return self.pm.hook
+
+    def notify_prediction(self, prediction, task) -> None:
+        """Call every plugin's ``on_prediction``, each on its own: one that raises is warned about
+        (by name) and the others still run; in strict mode the error propagates."""
+        for impl in self.pm.hook.on_prediction.get_hookimpls():
+            try:
+                impl.function(prediction=prediction, task=task)
+            except Exception as exc:  # a broken reviewer hook must not stop or lose the analysis
+                self._fail(impl.plugin_name, "failed in on_prediction", exc)
 
     # -- collection --------------------------------------------------------------------------
     def _collect(self) -> dict[str, dict]:
@@ -161,10 +178,10 @@ class PluginManager:
                 plugin = impl.plugin_name
                 staged: dict[str, tuple[str, Any]] = {}
 
-                def register(*args, _make=make, _plugin=plugin, _staged=staged, **kwargs):
+                def register(*args, _make=make, _plugin=plugin, _staged=staged, _kind=kind, **kwargs):
                     name, item = _make(_plugin, *args, **kwargs)
                     if name in _staged:
-                        raise PluginError(f"plugin '{_plugin}' registers {kind[:-1]} '{name}' twice")
+                        raise PluginError(f"plugin '{_plugin}' registers {_kind[:-1]} '{name}' twice")
                     _staged[name] = (_plugin, item)
 
                 try:
@@ -174,12 +191,18 @@ class PluginManager:
                     continue
                 for name, (owner, item) in staged.items():
                     if name in tables[kind]:
-                        other = tables[kind][name][0]
-                        raise PluginError(f"{kind[:-1]} '{name}' is registered by both plugin '{other}' "
-                                          f"and plugin '{owner}'")
+                        owners = self.conflicts.setdefault((kind, name), [tables[kind][name][0]])
+                        owners.append(owner)
+                        continue
                     tables[kind][name] = (owner, item)
         self._cache = tables
         return tables
+
+    def conflict_messages(self) -> list[str]:
+        """One line per name registered by more than one plugin."""
+        self._collect()
+        return [f"{kind[:-1]} '{name}' is registered by " + " and ".join(f"plugin '{o}'" for o in owners)
+                for (kind, name), owners in self.conflicts.items()]
 
     @staticmethod
     def _task_item(plugin: str, task: Task | str | os.PathLike) -> tuple[str, Task]:
@@ -218,9 +241,20 @@ class PluginManager:
         """All backend entries by name (classes are not imported until :meth:`backend_class`)."""
         return {name: item for name, (_, item) in self._collect()["backends"].items()}
 
-    def task(self, name: str) -> Task:
-        """The task called ``name``; raises UnknownNameError listing the tasks that exist."""
-        return self._lookup("tasks", "task", name)
+    def task(self, name: str | os.PathLike) -> Task:
+        """The task called ``name``, or the task defined in the file ``name`` (``.yaml``, ``.yml``, ``.toml``).
+
+        A path lets a researcher try a task without writing a plugin (lm-eval's ``--include_path``).
+
+        Raises:
+            UnknownNameError: no such task (the message lists those that exist).
+            TaskFileError: the file is not a valid task definition.
+        """
+        if is_task_file(name):
+            from .taskfile import load_task_file
+
+            return load_task_file(Path(name))
+        return self._lookup("tasks", "task", str(name))
 
     def prompt(self, name: str) -> PromptStyle:
         """The prompt style called ``name``; raises UnknownNameError listing those that exist."""
@@ -232,6 +266,10 @@ class PluginManager:
 
     def _lookup(self, table: str, kind: str, name: str):
         items = self._collect()[table]
+        owners = self.conflicts.get((table, name))
+        if owners:
+            raise PluginError(f"{kind} '{name}' is registered by " + " and ".join(f"plugin '{o}'" for o in owners)
+                              + "; uninstall one, or choose plugins with MENTALGLM_LOAD_PLUGINS")
         if name not in items:
             raise UnknownNameError(kind, name, items)
         return items[name][1]
@@ -249,6 +287,16 @@ class PluginManager:
                 getattr(info, kind).extend(n for n, (owner, _) in tables[kind].items() if owner == name)
             result.append(info)
         return result
+
+
+#: File suffixes that make a ``--task`` value a task file rather than a task name.
+TASK_FILE_SUFFIXES = (".yaml", ".yml", ".toml")
+
+
+def is_task_file(name: str | os.PathLike) -> bool:
+    """Whether a ``--task`` value names a task file (by its suffix or a path separator) rather than a task."""
+    text = os.fspath(name)
+    return text.lower().endswith(TASK_FILE_SUFFIXES) or "/" in text or os.sep in text
 
 
 _default: PluginManager | None = None

@@ -43,6 +43,7 @@ class Prediction:
         usage: token counts reported by the backend.
         scores: score mode: each label's log-likelihood.
         redactions: how many phone numbers, e-mails, … were redacted before the backend saw the post.
+        label_line: the labels were read from a label line (``标签：…``) rather than from prose.
     """
 
     id: str
@@ -58,6 +59,7 @@ class Prediction:
     usage: dict[str, int] = field(default_factory=dict)
     scores: dict[str, float] | None = None
     redactions: dict[str, int] = field(default_factory=dict)
+    label_line: bool = False
 
     def to_dict(self) -> dict:
         """A JSON-ready dict; the post text is deliberately not included."""

@@ -9,12 +9,12 @@ nothing usable is found the response is *invalid* — kept, counted, never mappe
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Mapping, Sequence
 
 from . import metrics as _metrics
-from .constraint import ResponseFormat
 from .parsing import LABEL_SEPARATORS, LabelMatcher, first_line, fold, normalize, split_sections
+from .response_format import ResponseFormat
 
 #: Header words that introduce the label line, besides the task's own ``label_prefix``.
 LABEL_HEADERS = ("标签", "标注", "类别", "分类", "分类结果", "判断", "判断结果", "预测", "答案", "结论",
@@ -61,6 +61,7 @@ class ParsedResponse:
         valid: False when no usable answer was found; such a response scores as wrong.
         problem: why it is invalid, or a note on a valid one (e.g. unknown extra labels).
         fields: extraction tasks only: field name → extracted text.
+        label_line: the labels were read from a label line (``标签：…``), not guessed from prose.
     """
 
     labels: tuple[str, ...]
@@ -68,6 +69,7 @@ class ParsedResponse:
     valid: bool
     problem: str | None = None
     fields: Mapping[str, str] | None = None
+    label_line: bool = False
 
 
 class Task:
@@ -99,8 +101,11 @@ class Task:
         return f"<{type(self).__name__} {self.name!r} ({self.kind})>"
 
     # -- what subclasses provide -------------------------------------------------------------
-    def parse(self, text: str) -> ParsedResponse:
-        """Read a model response; never raises on odd text, returns an invalid response instead."""
+    def parse(self, text: str, *, strict: bool = False) -> ParsedResponse:
+        """Read a model response; never raises on odd text, returns an invalid response instead.
+
+        ``strict``: accept only answers in the task's own format (a label line, or field lines).
+        """
         raise NotImplementedError
 
     def gold_from_output(self, output: str) -> Any:
@@ -115,12 +120,8 @@ class Task:
         """All metrics of this task for aligned gold answers and parsed responses."""
         raise NotImplementedError
 
-    def format_response(self, answer: Any, explanation: str = "") -> str:
-        """The response text in this task's own format (what fine-tuning teaches the model)."""
-        raise NotImplementedError
-
-    def response_format(self):
-        """The constrained answer format (:class:`~mentalglm.core.constraint.ResponseFormat`) for decoding."""
+    def response_format(self) -> ResponseFormat:
+        """The answer format: renders answers, names the headers, builds the decoding constraint."""
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -135,25 +136,26 @@ class Task:
 
 
 class ClassificationTask(Task):
-    """A single- or multi-label classification task over a fixed label set.
+    """What single- and multi-label tasks share: a fixed label set, aliases, and the label-line parser.
+
+    Use :class:`SingleLabelTask` or :class:`MultiLabelTask`; they differ only where the number
+    of labels per post matters (reading the answer, reading gold values, metrics).
 
     Args:
         labels: the label set, in display order.
-        multi_label: several labels per post (cognitive distortions) instead of exactly one.
-        none_aliases: multi-label only: answers meaning "no label applies" (``无``).
         report_label_f1: labels whose own F1 is reported as ``f1[label]`` (``高自杀风险``).
         **kwargs: see :class:`Task`.
     """
 
-    def __init__(self, *, labels: Sequence[Label], multi_label: bool = False,
-                 none_aliases: Sequence[str] = (), report_label_f1: Sequence[str] = (), **kwargs):
-        kwargs.setdefault("primary_metric", "micro_f1" if multi_label else "weighted_f1")
+    #: The fewest labels a task of this kind can have.
+    min_labels: ClassVar[int] = 2
+    multi_label: ClassVar[bool] = False
+
+    def __init__(self, *, labels: Sequence[Label], report_label_f1: Sequence[str] = (), **kwargs):
         super().__init__(**kwargs)
-        if len(labels) < (1 if multi_label else 2):
-            raise ValueError(f"task {self.name!r} needs at least {1 if multi_label else 2} labels")
+        if len(labels) < self.min_labels:
+            raise ValueError(f"task {self.name!r} needs at least {self.min_labels} labels")
         self.labels = tuple(labels)
-        self.multi_label = multi_label
-        self.none_aliases = tuple(none_aliases)
         names = [label.name for label in self.labels]
         if len(set(names)) != len(names):
             raise ValueError(f"task {self.name!r} lists a label twice")
@@ -169,10 +171,6 @@ class ClassificationTask(Task):
         self.matcher = LabelMatcher.build(table)
 
     @property
-    def kind(self) -> str:  # type: ignore[override]
-        return "multi-label" if self.multi_label else "single-label"
-
-    @property
     def label_names(self) -> tuple[str, ...]:
         """The canonical label names, in display order."""
         return tuple(label.name for label in self.labels)
@@ -185,32 +183,31 @@ class ClassificationTask(Task):
         return info
 
     def response_format(self) -> ResponseFormat:
-        """``标签：`` + one label (or labels joined by ``、``, or the none answer) + ``\n解释：`` + free text."""
-        none = self.none_aliases[0] if self.multi_label and self.none_aliases else None
-        return ResponseFormat(self.kind, labels=self.label_names, none_label=none, label_prefix=self.label_prefix,
+        """``标签：`` + the label(s) + ``\n解释：`` + free text."""
+        return ResponseFormat(self.kind, labels=self.label_names, label_prefix=self.label_prefix,
                               explanation_prefix=self.explanation_prefix)
 
-    def _is_none(self, text: str) -> bool:
-        key = fold(text).strip(" .。!")
-        return any(key == fold(alias) for alias in self.none_aliases)
-
+    # -- what the two kinds do differently --------------------------------------------------
     def _label_block(self, body: str) -> str:
-        """The label list of a label section: its first line plus following lines made only of labels."""
-        lines = body.split("\n")  # the body is stripped: its first line is the answer line
-        block = [lines[0]]
-        if self.multi_label:
-            for line in lines[1:]:
-                if not line.strip():
-                    continue
-                pieces = [p for p in LABEL_SEPARATORS.split(line) if p.strip()]
-                if pieces and all(self.matcher.lookup(p) for p in pieces):
-                    block.append(line)
-                else:
-                    break
-        return "\n".join(block)
+        """The label list of a label section: its first line (multi-label tasks read on)."""
+        return body.split("\n")[0]  # the body is stripped: its first line is the answer line
 
-    def parse(self, text: str) -> ParsedResponse:
-        """Read labels and explanation from free model text (see the module docstring)."""
+    def _read_labels(self, candidate: str, explanation: str) -> ParsedResponse | None:
+        """The answer ``candidate`` gives, or None when it names no usable label."""
+        raise NotImplementedError
+
+    def _gold_pieces(self, value: Any) -> list:
+        """The label mentions in a gold ``label`` value."""
+        raise NotImplementedError
+
+    # -- shared ------------------------------------------------------------------------------
+    def parse(self, text: str, *, strict: bool = False) -> ParsedResponse:
+        """Read labels and explanation from free model text (see the module docstring).
+
+        Args:
+            text: the model's answer.
+            strict: only an answer with a label line (``标签：…``) counts; without one it is invalid.
+        """
         norm = normalize(text or "")
         if not norm.text.strip():
             return ParsedResponse((), "", False, "empty response")
@@ -224,34 +221,24 @@ class ClassificationTask(Task):
         else:
             # No label line: try the answer's first line, then all text before any explanation.
             answer = first_line(preamble.body)
-            candidates = [answer, preamble.body]
+            candidates = [] if strict else [answer, preamble.body]
             after_answer = (preamble.start + len(answer), preamble.end)
         span = (explained.start, explained.end) if explained is not None else after_answer
         explanation = norm.original(*span)
         for candidate in candidates:
-            labels = self.matcher.labels_in(candidate)
-            if self.multi_label and labels:
-                unknown = self.matcher.leftovers(candidate)
-                note = f"unknown labels ignored: {', '.join(unknown)}" if unknown else None
-                return ParsedResponse(tuple(labels), explanation, True, note)
-            if self.multi_label and candidate and self._is_none(candidate):
-                return ParsedResponse((), explanation, True)
-            if not self.multi_label and len(labels) == 1:
-                return ParsedResponse((labels[0],), explanation, True)
-            if not self.multi_label and not labels and len(self.labels) == 2:
-                # A binary task answered by negating one label ("不属于高自杀风险") means the other.
-                negated = self.matcher.labels_in(candidate, negated=True)
-                if len(negated) == 1:
-                    other = next(name for name in self.label_names if name != negated[0])
-                    return ParsedResponse((other,), explanation, True, f"read from the negation of {negated[0]}")
-            if len(labels) > 1:
-                return ParsedResponse((), explanation, False,
-                                      f"ambiguous: names several labels ({', '.join(labels)})")
+            read = self._read_labels(candidate, explanation)
+            if read is not None:
+                return replace(read, label_line=label_section is not None)
         if label_section is not None and answer.strip():
             problem = f"label line names no label of task '{self.name}': {answer.strip()[:40]!r}"
+        elif strict:
+            problem = f"no label line ({self.label_prefix}：…); --strict-format accepts only a label line"
         else:
             problem = f"no label of task '{self.name}' found"
         return ParsedResponse((), explanation, False, problem)
+
+    def _ambiguous(self, labels: Sequence[str], explanation: str) -> ParsedResponse:
+        return ParsedResponse((), explanation, False, f"ambiguous: names several labels ({', '.join(labels)})")
 
     def _allowed(self) -> str:
         return ", ".join(self.label_names)
@@ -261,49 +248,132 @@ class ClassificationTask(Task):
         parsed = self.parse(output)
         if not parsed.valid:
             raise ValueError(f"{parsed.problem} (allowed: {self._allowed()})")
-        if parsed.problem:  # multi-label gold with unknown extra labels is a data error
+        if parsed.problem:  # gold must state its labels plainly (no unknown extras, no negations)
             raise ValueError(f"{parsed.problem} (allowed: {self._allowed()})")
         return parsed.labels
 
     def gold_from_value(self, value: Any) -> tuple[str, ...]:
-        """Gold labels from a ``label`` value: a label name or alias, or (multi-label) a list or joined string."""
-        if isinstance(value, str):
-            pieces = [p for p in LABEL_SEPARATORS.split(value) if p.strip()] if self.multi_label else [value]
-        elif isinstance(value, list) and self.multi_label:
-            pieces = value
-        else:
-            expected = "a label or a list of labels" if self.multi_label else "one label as a string"
-            raise ValueError(f"expected {expected}, got {type(value).__name__}")
+        """Gold labels from a ``label`` value: a label name or alias (multi-label: a list or joined string)."""
         labels: list[str] = []
-        for piece in pieces:
+        for piece in self._gold_pieces(value):
             if not isinstance(piece, str):
                 raise ValueError(f"expected label strings, got {type(piece).__name__}")
-            if self.multi_label and self._is_none(piece) and len(pieces) == 1:
-                return ()
             label = self.matcher.lookup(piece)
             if label is None:
                 raise ValueError(f"'{piece.strip()}' is not a label of task '{self.name}' (allowed: {self._allowed()})")
             if label not in labels:
                 labels.append(label)
-        if not labels and not self.multi_label:
-            raise ValueError(f"empty label (allowed: {self._allowed()})")
         return tuple(labels)
 
-    def format_response(self, answer: Sequence[str], explanation: str = "") -> str:
-        """``标签：A、B`` then ``解释：…`` — the format the instruction asks for."""
-        labels = "、".join(answer) if answer else (self.none_aliases[0] if self.none_aliases else "")
-        text = f"{self.label_prefix}：{labels}"
-        return f"{text}\n{self.explanation_prefix}：{explanation}" if explanation else text
+
+class SingleLabelTask(ClassificationTask):
+    """Exactly one label per post (depression, suicide risk); primary metric weighted F1 by default.
+
+    Example:
+        >>> task = SingleLabelTask(name="stress", instruction="判断压力。", labels=[Label("有压力"), Label("无压力")])
+        >>> task.parse("标签：无压力\n解释：……").labels
+        ('无压力',)
+    """
+
+    kind = "single-label"
+
+    def __init__(self, **kwargs):
+        kwargs.setdefault("primary_metric", "weighted_f1")
+        super().__init__(**kwargs)
+
+    def _read_labels(self, candidate: str, explanation: str) -> ParsedResponse | None:
+        labels = self.matcher.labels_in(candidate)
+        if len(labels) == 1:
+            return ParsedResponse((labels[0],), explanation, True)
+        if len(labels) > 1:
+            return self._ambiguous(labels, explanation)
+        if len(self.labels) == 2:
+            # A binary task answered by negating one label ("不属于高自杀风险") means the other.
+            negated = self.matcher.labels_in(candidate, negated=True)
+            if len(negated) == 1:
+                other = next(name for name in self.label_names if name != negated[0])
+                return ParsedResponse((other,), explanation, True, f"read from the negation of {negated[0]}")
+        return None
+
+    def _gold_pieces(self, value: Any) -> list:
+        if not isinstance(value, str):
+            raise ValueError(f"expected one label as a string, got {type(value).__name__}")
+        if not value.strip():
+            raise ValueError(f"empty label (allowed: {self._allowed()})")
+        return [value]
 
     def compute_metrics(self, golds, responses) -> dict:
         """Classification metrics from scikit-learn; invalid responses count as wrong."""
-        if self.multi_label:
-            predicted = [r.labels if r.valid else () for r in responses]
-            return _metrics.multi_label_metrics(golds, predicted, self.label_names,
-                                                [not r.valid for r in responses])
         predicted = [r.labels[0] if r.valid else _metrics.INVALID for r in responses]
         return _metrics.single_label_metrics([g[0] for g in golds], predicted, self.label_names,
                                              self.report_label_f1)
+
+
+class MultiLabelTask(ClassificationTask):
+    """Any number of labels per post (cognitive distortions); primary metric micro F1 by default.
+
+    Args:
+        none_aliases: answers meaning "no label applies" (``无``); the first is what the
+            answer format writes.
+        **kwargs: see :class:`ClassificationTask`.
+    """
+
+    kind = "multi-label"
+    min_labels = 1
+    multi_label = True
+
+    def __init__(self, *, none_aliases: Sequence[str] = (), **kwargs):
+        kwargs.setdefault("primary_metric", "micro_f1")
+        super().__init__(**kwargs)
+        self.none_aliases = tuple(none_aliases)
+
+    def response_format(self) -> ResponseFormat:
+        """``标签：`` + labels joined by ``、`` (or the none answer) + ``\n解释：`` + free text."""
+        return replace(super().response_format(), none_label=self.none_aliases[0] if self.none_aliases else None)
+
+    def _is_none(self, text: str) -> bool:
+        key = fold(text).strip(" .。!")
+        return any(key == fold(alias) for alias in self.none_aliases)
+
+    def _label_block(self, body: str) -> str:
+        """The first line plus following lines made only of labels (a list written one per line)."""
+        lines = body.split("\n")
+        block = [lines[0]]
+        for line in lines[1:]:
+            if not line.strip():
+                continue
+            pieces = [p for p in LABEL_SEPARATORS.split(line) if p.strip()]
+            if pieces and all(self.matcher.lookup(p) for p in pieces):
+                block.append(line)
+            else:
+                break
+        return "\n".join(block)
+
+    def _read_labels(self, candidate: str, explanation: str) -> ParsedResponse | None:
+        labels = self.matcher.labels_in(candidate)
+        if labels:
+            unknown = self.matcher.leftovers(candidate)
+            note = f"unknown labels ignored: {', '.join(unknown)}" if unknown else None
+            return ParsedResponse(tuple(labels), explanation, True, note)
+        if candidate and self._is_none(candidate):
+            return ParsedResponse((), explanation, True)
+        return None
+
+    def _gold_pieces(self, value: Any) -> list:
+        if isinstance(value, str):
+            pieces = [p for p in LABEL_SEPARATORS.split(value) if p.strip()]
+        elif isinstance(value, list):
+            pieces = value
+        else:
+            raise ValueError(f"expected a label or a list of labels, got {type(value).__name__}")
+        if len(pieces) == 1 and isinstance(pieces[0], str) and self._is_none(pieces[0]):
+            return []
+        return pieces
+
+    def compute_metrics(self, golds, responses) -> dict:
+        """Classification metrics from scikit-learn; invalid responses count as wrong."""
+        predicted = [r.labels if r.valid else () for r in responses]
+        return _metrics.multi_label_metrics(golds, predicted, self.label_names, [not r.valid for r in responses])
 
 
 class ExtractionTask(Task):
@@ -342,15 +412,19 @@ class ExtractionTask(Task):
 
     def response_format(self) -> ResponseFormat:
         """One ``field：text`` line per field, then ``\n解释：`` + free text."""
-        return ResponseFormat(self.kind, fields=self.field_names, explanation_prefix=self.explanation_prefix)
+        return ResponseFormat(self.kind, fields=self.field_names, explanation_prefix=self.explanation_prefix,
+                              empty_value=self.empty_values[0])
 
     def _headers(self) -> dict[str, tuple[str, ...]]:
         headers = {f.name: (f.name, *f.aliases) for f in self.fields}
         headers["explanation"] = (self.explanation_prefix, *EXPLANATION_HEADERS)
         return headers
 
-    def parse(self, text: str) -> ParsedResponse:
-        """Read each field's text; invalid when the response names none of the fields."""
+    def parse(self, text: str, *, strict: bool = False) -> ParsedResponse:
+        """Read each field's text; invalid when the response names none of the fields.
+
+        Fields are always read from their own header lines, so ``strict`` changes nothing here.
+        """
         norm = normalize(text or "")
         if not norm.text.strip():
             return ParsedResponse((), "", False, "empty response", {})
@@ -362,7 +436,7 @@ class ExtractionTask(Task):
                                   f"none of the fields {', '.join(self.field_names)} found", {})
         fields = {name: values.get(name, "") for name in self.field_names}
         filled = tuple(name for name in self.field_names if fields[name])
-        return ParsedResponse(filled, explanation, True, None, fields)
+        return ParsedResponse(filled, explanation, True, None, fields, label_line=True)
 
     def gold_from_output(self, output: str) -> dict[str, str]:
         """Gold fields from a C-IMHI output; every field must be present."""
@@ -385,13 +459,6 @@ class ExtractionTask(Task):
             raise ValueError(f"{'unknown' if unknown else 'missing'} fields {', '.join(bad)} "
                              f"(expected: {', '.join(self.field_names)})")
         return {k: value[k] for k in self.field_names}
-
-    def format_response(self, answer: Mapping[str, str], explanation: str = "") -> str:
-        """One ``field：text`` line per field, then the explanation."""
-        lines = [f"{name}：{answer.get(name) or self.empty_values[0]}" for name in self.field_names]
-        if explanation:
-            lines.append(f"{self.explanation_prefix}：{explanation}")
-        return "\n".join(lines)
 
     def compute_metrics(self, golds, responses) -> dict:
         """Character-level ROUGE-L per field; invalid responses score 0."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MentalGLMError
-from .task import ClassificationTask, ExtractionTask, Field, Label, Task
+from .task import ExtractionTask, Field, Label, MultiLabelTask, SingleLabelTask, Task
 
 #: Keys a task file may contain.
 TASK_FILE_KEYS = frozenset({
@@ -108,10 +108,14 @@ def task_from_mapping(data: dict, source: str = "<mapping>") -> Task:
         if kind in ("single-label", "multi-label"):
             if "fields" in data:
                 raise TaskFileError(f"{source}: field 'fields': only extraction tasks have fields")
-            return ClassificationTask(labels=_items(path, "labels", data.get("labels"), Label),
-                                      multi_label=kind == "multi-label",
-                                      none_aliases=tuple(data.get("none_aliases") or ()),
-                                      report_label_f1=tuple(data.get("report_label_f1") or ()), **common)
+            labels = _items(path, "labels", data.get("labels"), Label)
+            report = tuple(data.get("report_label_f1") or ())
+            if kind == "single-label":
+                if "none_aliases" in data:
+                    raise TaskFileError(f"{source}: field 'none_aliases': only multi-label tasks have a none answer")
+                return SingleLabelTask(labels=labels, report_label_f1=report, **common)
+            return MultiLabelTask(labels=labels, none_aliases=tuple(data.get("none_aliases") or ()),
+                                  report_label_f1=report, **common)
         if kind == "extraction":
             if "labels" in data:
                 raise TaskFileError(f"{source}: field 'labels': extraction tasks have fields, not labels")

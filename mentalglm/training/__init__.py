@@ -16,7 +16,8 @@ Modules, one job each:
 - :mod:`~mentalglm.training.rundir` — the output folder: ``train_config.json``, refusing a
   different run, the finished marker;
 - :mod:`~mentalglm.training.distributed` — ``torch.distributed`` (DDP) set-up;
-- :mod:`~mentalglm.training.validation` — per-epoch evaluation with the task's metrics;
+- :mod:`~mentalglm.training.validation` — per-epoch evaluation through the Analyzer and the torch
+  backend, the numbers ``mentalglm evaluate`` reports;
 - :mod:`~mentalglm.training.curves` — ``loss.json`` and ``loss.png``;
 - :mod:`~mentalglm.training.loop` — the training loop;
 - :mod:`~mentalglm.training.cli` — the ``mentalglm train`` command.

@@ -18,7 +18,6 @@ newest ``keep`` checkpoints are kept.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mentalglm.core.errors import MentalGLMError
+from mentalglm.core.files import read_json_object, write_json
 
 CHECKPOINTS = "checkpoints"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
@@ -185,10 +185,6 @@ def restore_rng(rng: dict, device=None) -> None:
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
 
 
-def _write_json(path: Path, document: Any) -> None:
-    path.write_text(json.dumps(document, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-
-
 def write_checkpoint(run_dir: str | Path, *, peft_model, optimizer, position: Position, rng_by_rank: list[dict],
                      scheduler=None, scaler=None, extra: dict | None = None, keep: int = 2) -> Path:
     """Write a checkpoint atomically and prune old ones (call on the main process only).
@@ -228,7 +224,7 @@ def write_checkpoint(run_dir: str | Path, *, peft_model, optimizer, position: Po
         "rng": [rng["json"] for rng in rng_by_rank],
         **(extra or {}),
     }
-    _write_json(partial / "state.json", state)  # last: its presence marks a complete checkpoint
+    write_json(partial / "state.json", state, indent=1)  # last: its presence marks a complete checkpoint
     if final.exists():
         shutil.rmtree(final)
     os.replace(partial, final)
@@ -247,10 +243,10 @@ def read_checkpoint(path: str | Path) -> Checkpoint:
 
     path = Path(path)
     try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+        state = read_json_object(path / "state.json", "checkpoint state")
         optimizer = optimizer_from_files(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
         rng_tensors = load_file(str(path / "rng.safetensors"))
-    except (OSError, ValueError, KeyError) as exc:
+    except (MentalGLMError, OSError, ValueError, KeyError) as exc:
         raise MentalGLMError(f"{path}: damaged checkpoint ({exc}); delete it to resume from an older one") from None
     rng = []
     for rank, json_state in enumerate(state["rng"]):

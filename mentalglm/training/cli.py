@@ -8,9 +8,14 @@
 It also runs on its own as ``python -m mentalglm.training`` (or ``-m mentalglm.training.cli``),
 which is what ``torchrun --nproc_per_node N -m mentalglm.training …`` needs.
 
-Every option defaults to "not given", so a ``--config`` file's values survive and the
-command line overrides them; the defaults themselves live in
-:class:`~mentalglm.training.config.TrainConfig`.
+The options are generated from :class:`~mentalglm.training.config.TrainConfig`, the way
+llama-cpp-python's server builds its command line from its settings model: one option per
+field (``lora_r`` → ``--lora-r``), with the field's type, choices, default and description,
+placed by its ``cli(...)`` hints. A new TrainConfig field is a new option; nothing here changes.
+Only the data options (``--data``, ``--stage``, ``--config``) and ``--json`` are written out.
+
+Every generated option defaults to "not given", so a ``--config`` file's values survive and
+the command line overrides them; the defaults themselves live in TrainConfig.
 """
 
 from __future__ import annotations
@@ -20,94 +25,94 @@ import json
 import logging
 import os
 import sys
-from typing import Sequence
+import types
+import typing
+from typing import Any, Sequence
 
 from mentalglm.core.errors import MentalGLMError
 
-#: Command-line option → TrainConfig field, for the options that are plain settings.
-_OPTIONS = {
-    "--model": "model", "--output": "output", "--prompt": "prompt", "--system": "system",
-    "--end-token": "end_token", "--task": "task", "--eval-data": "eval_data",
-    "--eval-max-new-tokens": "eval_max_new_tokens", "--eval-batch-size": "eval_batch_size",
-    "--lora-r": "lora_r", "--lora-alpha": "lora_alpha", "--lora-dropout": "lora_dropout",
-    "--target-modules": "target_modules", "--learning-rate": "learning_rate", "--lr-scheduler": "lr_scheduler",
-    "--warmup-ratio": "warmup_ratio", "--weight-decay": "weight_decay", "--max-grad-norm": "max_grad_norm",
-    "--epochs": "epochs", "--max-steps": "max_steps", "--batch-size": "batch_size",
-    "--gradient-accumulation": "gradient_accumulation", "--max-length": "max_length", "--seed": "seed",
-    "--precision": "precision", "--gradient-checkpointing": "gradient_checkpointing",
-    "--save-every": "save_every", "--keep-checkpoints": "keep_checkpoints", "--log-every": "log_every",
-    "--device": "device", "--trust-remote-code": "trust_remote_code", "--quiet": "quiet",
-}
+#: Help sections in the order ``mentalglm train -h`` lists them; a field naming another
+#: section gets a new one after these.
+_GROUPS = ("model and data", "LoRA", "optimisation", "checkpoints, validation, output")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _value_type(annotation: Any) -> tuple[Any, tuple | None]:
+    """``(scalar type, choices)`` of a field: ``X | None`` is X, ``list[str]`` a comma list of str."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(inner) == 1:
+            return _value_type(inner[0])
+    elif origin is typing.Literal:
+        return str, tuple(typing.get_args(annotation))
+    elif origin is list and typing.get_args(annotation) == (str,):
+        return str, None  # "a,b" on the command line; the model splits it
+    elif annotation in (str, int, float, bool):
+        return annotation, None
+    raise TypeError(f"TrainConfig: no command-line form for {annotation!r}; give the field "
+                    "json_schema_extra={'cli_flag': False} or a simpler type")
+
+
+def _default_text(info) -> str:
+    default = info.get_default(call_default_factory=True)
+    if default is None or default is False or info.is_required():
+        return ""
+    if isinstance(default, (list, tuple)):
+        default = ",".join(map(str, default))
+    return f" (default {default})"
+
+
+def _add_field(group, name: str, info) -> str:
+    """Add the option of one TrainConfig field to ``group``; returns its main option string."""
+    hints = info.json_schema_extra or {}
+    kind, choices = _value_type(info.annotation)
+    # argparse expands %-formats in help; descriptions are plain text.
+    text = (info.description or name.replace("_", " ")).replace("%", "%%") + _default_text(info)
+    names = [_flag(name), *hints.get("cli_aliases", [])]  # the field's own name first: errors use it
+    if kind is bool:
+        # --quiet / --no-quiet: the negative form overrides a config file's true.
+        group.add_argument(*names, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+    else:
+        metavar = hints.get("cli_metavar") or (None if choices else "N" if kind in (int, float) else "VALUE")
+        group.add_argument(*names, dest=name, type=kind, choices=choices, metavar=metavar, default=None, help=text)
+    return names[0]
+
+
+def _setting_options() -> dict[str, str]:
+    """TrainConfig field → its option string, for every field that has one."""
+    from mentalglm.training.config import TrainConfig
+
+    return {name: _flag(name) for name, info in TrainConfig.model_fields.items()
+            if (info.json_schema_extra or {}).get("cli_flag", True)}
+
+
+def _add_data_arguments(group) -> None:
+    group.add_argument("--data", nargs="+", metavar="FILE",
+                       help="C-IMHI record files (JSON array or JSONL) or sample:NAME, trained as one stage")
+    group.add_argument("--stage", action="append", metavar="FILE[,FILE...]",
+                       help="one training stage's files, repeatable; stages run in order and continue the same "
+                            "adapter (the paper: --stage imhi-en.jsonl --stage c-imhi.jsonl)")
+    group.add_argument("--config", metavar="FILE", help="YAML/JSON settings with an optional stages: list "
+                                                        "(each stage may set epochs, max_steps, learning_rate); "
+                                                        "command-line options override it")
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
-    data = p.add_argument_group("model and data")
-    data.add_argument("--model", metavar="BASE", help="base model folder (transformers layout, e.g. glm-4-9b-chat-hf)")
-    data.add_argument("--data", nargs="+", metavar="FILE",
-                      help="C-IMHI record files (JSON array or JSONL) or sample:NAME, trained as one stage")
-    data.add_argument("--stage", action="append", metavar="FILE[,FILE...]",
-                      help="one training stage's files, repeatable; stages run in order and continue the same "
-                           "adapter (the paper: --stage imhi-en.jsonl --stage c-imhi.jsonl)")
-    data.add_argument("--config", metavar="FILE", help="YAML/JSON settings with an optional stages: list "
-                                                       "(each stage may set epochs, max_steps, learning_rate); "
-                                                       "command-line options override it")
-    data.add_argument("-o", "--output", metavar="DIR", help="run folder: adapter/, train_config.json, loss.json, "
-                                                            "loss.png, metrics.json, checkpoints/; rerun to resume")
-    data.add_argument("--prompt", metavar="STYLE", help="prompt style (default glm4-chat; plain for base models)")
-    data.add_argument("--system", metavar="TEXT", help="system message for chat prompt styles")
-    data.add_argument("--end-token", metavar="TOKEN",
-                      help="token appended to every response and learnt: auto (default: the tokenizer's eos when "
-                           "the prompt style stops on it — <|endoftext|> for glm4-chat — else the first "
-                           "single-token stop string, else eos), none, or a token's text")
-    data.add_argument("--task", metavar="T", help="check that every output states a valid answer of task T "
-                                                  "(needed by --eval-data)")
-    data.add_argument("--max-length", type=int, metavar="N",
-                      help="longest sequence in tokens (default 2048); longer responses are cut and counted, a "
-                           "prompt that alone does not fit is an error")
+    from mentalglm.training.config import TrainConfig
 
-    lora = p.add_argument_group("LoRA")
-    lora.add_argument("--lora-r", type=int, metavar="R", help="rank (default 8)")
-    lora.add_argument("--lora-alpha", type=float, metavar="A", help="alpha; the update is scaled by alpha/r (default 16)")
-    lora.add_argument("--lora-dropout", type=float, metavar="P", help="dropout on the LoRA input (default 0.05)")
-    lora.add_argument("--target-modules", metavar="A,B,...",
-                      help="linear layers to adapt (default q_proj,k_proj,v_proj,o_proj,gate_up_proj,down_proj)")
-
-    optim = p.add_argument_group("optimisation")
-    optim.add_argument("--learning-rate", "--lr", dest="learning_rate", type=float, metavar="LR",
-                       help="peak AdamW learning rate (default 2e-4)")
-    optim.add_argument("--lr-scheduler", choices=["linear", "cosine", "constant"],
-                       help="decay after warm-up (default linear)")
-    optim.add_argument("--warmup-ratio", type=float, metavar="F", help="fraction of each stage's steps spent warming "
-                                                                       "up (default 0.03)")
-    optim.add_argument("--weight-decay", type=float, metavar="W", help="AdamW weight decay (default 0)")
-    optim.add_argument("--max-grad-norm", type=float, metavar="N", help="clip the gradient norm (default 1; 0: off)")
-    optim.add_argument("--epochs", type=int, metavar="N", help="epochs per stage (default 3)")
-    optim.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps per stage; wins over --epochs")
-    optim.add_argument("--batch-size", type=int, metavar="N", help="sequences per forward pass, per process (default 4)")
-    optim.add_argument("--gradient-accumulation", type=int, metavar="N",
-                       help="forward passes per optimizer step (default 1)")
-    optim.add_argument("--seed", type=int, help="seed of the LoRA init, data order and dropout (default 42)")
-    optim.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                       help="auto (default: bf16 on a GPU that has it, else fp32); bf16/fp16 need a CUDA GPU")
-    optim.add_argument("--gradient-checkpointing", action="store_const", const=True,
-                       help="recompute activations in the backward pass (less memory, ~30%% slower)")
-    optim.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
-    optim.add_argument("--trust-remote-code", action="store_const", const=True,
-                       help="let transformers run the model folder's own code (never needed for GLM-4 in "
-                            "transformers layout)")
-
-    run = p.add_argument_group("checkpoints, validation, output")
-    run.add_argument("--save-every", type=int, metavar="N",
-                     help="checkpoint every N optimizer steps (default 200; checkpoints are also written at "
-                          "every epoch end)")
-    run.add_argument("--keep-checkpoints", type=int, metavar="N", help="checkpoints kept (default 2)")
-    run.add_argument("--eval-data", metavar="FILE", help="gold-labelled posts or records scored with --task's metrics "
-                                                         "after every epoch (metrics.json)")
-    run.add_argument("--eval-max-new-tokens", type=int, metavar="N", help="generation budget per eval post (default 256)")
-    run.add_argument("--eval-batch-size", type=int, metavar="N", help="eval posts generated together (default 8)")
-    run.add_argument("--log-every", type=int, metavar="N", help="progress line every N steps (default 10)")
-    run.add_argument("--quiet", action="store_const", const=True, help="no progress lines on stderr")
-    run.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+    groups = {title: p.add_argument_group(title) for title in _GROUPS}
+    _add_data_arguments(groups[_GROUPS[0]])
+    flags = _setting_options()
+    for name, info in TrainConfig.model_fields.items():
+        if name in flags:
+            title = (info.json_schema_extra or {}).get("cli_group", "other settings")
+            group = groups.get(title) or groups.setdefault(title, p.add_argument_group(title))
+            _add_field(group, name, info)
+    groups[_GROUPS[-1]].add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -141,7 +146,7 @@ def config_from_args(args: argparse.Namespace):
 
     settings = load_config_file(args.config) if getattr(args, "config", None) else {}
     origins: dict[str, str] = {}
-    for option, key in _OPTIONS.items():
+    for key, option in _setting_options().items():
         value = getattr(args, key, None)
         if value is not None:
             settings[key], origins[key] = value, option

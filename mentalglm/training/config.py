@@ -66,79 +66,112 @@ class StageConfig(BaseModel):
     _split_data = field_validator("data", mode="before")(_comma_list)
 
 
+def cli(group: str, metavar: str | None = None, *aliases: str) -> dict:
+    """Command-line hints for a :class:`TrainConfig` field (its ``json_schema_extra``).
+
+    ``mentalglm train`` builds one option per field (:mod:`mentalglm.training.cli`): the name,
+    type, choices, default and help come from the field itself; these hints only place it.
+
+    Args:
+        group: the help section the option is listed under.
+        metavar: the value's placeholder in the help (default: derived from the type).
+        aliases: more option strings (``-o``, ``--lr``).
+    """
+    hints: dict = {"cli_group": group}
+    if metavar:
+        hints["cli_metavar"] = metavar
+    if aliases:
+        hints["cli_aliases"] = list(aliases)
+    return hints
+
+
+_DATA, _LORA, _OPTIM, _RUN = "model and data", "LoRA", "optimisation", "checkpoints, validation, output"
+
+
 class TrainConfig(BaseModel):
     """Every setting of a LoRA fine-tuning run (what ``train_config.json`` records).
 
-    Attributes:
-        model: the base model directory (transformers layout; ChatGLM-layout checkpoints need
-            ``mentalglm convert`` first, or ``trust_remote_code``).
-        output: the run folder (adapter, curves, checkpoints).
-        stages: the training stages, in order; each continues the previous stage's adapter.
-        prompt: prompt style name (``glm4-chat`` or ``plain``, or a plugin's).
-        system: optional system message for chat prompt styles.
-        end_token: token appended to every response and learnt: ``auto`` (see
-            :func:`mentalglm.training.dataset.resolve_end_token`), ``none``, or a token's text.
-        task: when set, every record's ``output`` must state a valid answer of this task.
-        eval_data: gold-labelled posts or records scored with the task's metrics after each epoch.
-        eval_max_new_tokens: generation budget per post during evaluation.
-        eval_batch_size: posts generated together during evaluation.
-        lora_r, lora_alpha, lora_dropout, target_modules: the LoRA adapter.
-        learning_rate: peak learning rate (AdamW).
-        lr_scheduler: ``linear``, ``cosine`` or ``constant`` decay after warm-up.
-        warmup_ratio: fraction of each stage's steps spent warming up linearly from 0.
-        weight_decay: AdamW weight decay.
-        max_grad_norm: gradient-norm clip (0 turns clipping off).
-        epochs: epochs per stage (unless the stage says otherwise).
-        max_steps: optimizer steps per stage; wins over ``epochs`` when both are set.
-        batch_size: sequences per forward pass (per process under DDP).
-        gradient_accumulation: forward passes per optimizer step.
-        max_length: longest sequence in tokens; longer responses are cut (and counted).
-        seed: seed of the LoRA initialisation, the data order and dropout.
-        precision: ``auto`` (bf16 on a GPU that has it, else fp32), ``fp32``, ``bf16`` or ``fp16``.
-        gradient_checkpointing: recompute activations in the backward pass to save memory.
-        save_every: write a checkpoint every N optimizer steps (0: only at epoch ends).
-        keep_checkpoints: how many checkpoints to keep.
-        log_every: print a progress line every N steps.
-        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (under DDP each process uses its local rank).
-        trust_remote_code: let transformers run the model folder's own Python code.
-        quiet: no progress lines on stderr.
+    Each field's description says what it does; it is also the help of the field's
+    ``mentalglm train`` option (``--lora-r`` for ``lora_r``), which is generated from this model.
     """
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str
-    output: str
-    stages: list[StageConfig] = Field(min_length=1)
-    prompt: str = "glm4-chat"
-    system: str | None = None
-    end_token: str = "auto"
-    task: str | None = None
-    eval_data: str | None = None
-    eval_max_new_tokens: int = Field(256, ge=1)
-    eval_batch_size: int = Field(8, ge=1)
-    lora_r: int = Field(8, ge=1)
-    lora_alpha: float = Field(16.0, gt=0)
-    lora_dropout: float = Field(0.05, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1)
-    learning_rate: float = Field(2e-4, gt=0)
-    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    warmup_ratio: float = Field(0.03, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, ge=0)
-    epochs: int = Field(3, ge=1)
-    max_steps: int | None = Field(None, ge=1)
-    batch_size: int = Field(4, ge=1)
-    gradient_accumulation: int = Field(1, ge=1)
-    max_length: int = Field(2048, ge=2)
-    seed: int = 42
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    gradient_checkpointing: bool = False
-    save_every: int = Field(200, ge=0)
-    keep_checkpoints: int = Field(2, ge=1)
-    log_every: int = Field(10, ge=1)
-    device: str = "auto"
-    trust_remote_code: bool = False
-    quiet: bool = False
+    model: str = Field(description="base model folder (transformers layout, e.g. glm-4-9b-chat-hf; a ChatGLM-layout "
+                                   "checkpoint needs `mentalglm convert` first, or --trust-remote-code)",
+                       json_schema_extra=cli(_DATA, "BASE"))
+    output: str = Field(description="run folder: adapter/, train_config.json, loss.json, loss.png, metrics.json, "
+                                    "checkpoints/; rerun to resume",
+                        json_schema_extra=cli(_DATA, "DIR", "-o"))
+    stages: list[StageConfig] = Field(min_length=1, json_schema_extra={"cli_flag": False},
+                                      description="the training stages, in order; each continues the previous "
+                                                  "stage's adapter (command line: --data, --stage)")
+    prompt: str = Field("glm4-chat", description="prompt style (plain for base models, or a plugin's)",
+                        json_schema_extra=cli(_DATA, "STYLE"))
+    system: str | None = Field(None, description="system message for chat prompt styles",
+                               json_schema_extra=cli(_DATA, "TEXT"))
+    end_token: str = Field("auto", description="token appended to every response and learnt: auto (the tokenizer's "
+                                               "eos when the prompt style stops on it — <|endoftext|> for glm4-chat — "
+                                               "else the first single-token stop string, else eos), none, or a "
+                                               "token's text",
+                           json_schema_extra=cli(_DATA, "TOKEN"))
+    task: str | None = Field(None, description="check that every record's output states a valid answer of this task "
+                                               "(needed by --eval-data)",
+                             json_schema_extra=cli(_DATA, "T"))
+    max_length: int = Field(2048, ge=2, description="longest sequence in tokens; longer responses are cut and "
+                                                    "counted, a prompt that alone does not fit is an error",
+                            json_schema_extra=cli(_DATA))
+    lora_r: int = Field(8, ge=1, description="LoRA rank", json_schema_extra=cli(_LORA, "R"))
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha/r",
+                              json_schema_extra=cli(_LORA, "A"))
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA input",
+                                json_schema_extra=cli(_LORA, "P"))
+    target_modules: list[str] = Field(default_factory=lambda: list(DEFAULT_TARGET_MODULES), min_length=1,
+                                      description="linear layers to adapt",
+                                      json_schema_extra=cli(_LORA, "A,B,..."))
+    learning_rate: float = Field(2e-4, gt=0, description="peak AdamW learning rate",
+                                 json_schema_extra=cli(_OPTIM, "LR", "--lr"))
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field(
+        "linear", description="decay after warm-up", json_schema_extra=cli(_OPTIM))
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="fraction of each stage's steps spent warming up "
+                                                              "linearly from 0",
+                                json_schema_extra=cli(_OPTIM, "F"))
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay", json_schema_extra=cli(_OPTIM, "W"))
+    max_grad_norm: float = Field(1.0, ge=0, description="clip the gradient norm (0: off)",
+                                 json_schema_extra=cli(_OPTIM))
+    epochs: int = Field(3, ge=1, description="epochs per stage (unless the stage says otherwise)",
+                        json_schema_extra=cli(_OPTIM))
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps per stage; wins over --epochs",
+                                  json_schema_extra=cli(_OPTIM))
+    batch_size: int = Field(4, ge=1, description="sequences per forward pass, per process",
+                            json_schema_extra=cli(_OPTIM))
+    gradient_accumulation: int = Field(1, ge=1, description="forward passes per optimizer step",
+                                       json_schema_extra=cli(_OPTIM))
+    seed: int = Field(42, description="seed of the LoRA initialisation, the data order and dropout",
+                      json_schema_extra=cli(_OPTIM))
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto (bf16 on a GPU that has it, else fp32), fp32, bf16 or fp16; bf16/fp16 need a "
+                            "CUDA GPU", json_schema_extra=cli(_OPTIM))
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (less "
+                                                            "memory, ~30% slower)",
+                                         json_schema_extra=cli(_OPTIM))
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N (under DDP each process uses its local rank)",
+                        json_schema_extra=cli(_OPTIM, "DEV"))
+    trust_remote_code: bool = Field(False, description="let transformers run the model folder's own code (never "
+                                                       "needed for GLM-4 in transformers layout)",
+                                    json_schema_extra=cli(_OPTIM))
+    save_every: int = Field(200, ge=0, description="write a checkpoint every N optimizer steps (0: none between "
+                                                   "epoch ends; checkpoints are written at every epoch end anyway)",
+                            json_schema_extra=cli(_RUN))
+    keep_checkpoints: int = Field(2, ge=1, description="how many checkpoints to keep", json_schema_extra=cli(_RUN))
+    eval_data: str | None = Field(None, description="gold-labelled posts or records scored with --task's metrics "
+                                                    "after every epoch (metrics.json)",
+                                  json_schema_extra=cli(_RUN, "FILE"))
+    eval_max_new_tokens: int = Field(256, ge=1, description="generation budget per eval post",
+                                     json_schema_extra=cli(_RUN))
+    eval_batch_size: int = Field(8, ge=1, description="eval posts generated together", json_schema_extra=cli(_RUN))
+    log_every: int = Field(10, ge=1, description="print a progress line every N steps", json_schema_extra=cli(_RUN))
+    quiet: bool = Field(False, description="no progress lines on stderr", json_schema_extra=cli(_RUN))
 
     _split_modules = field_validator("target_modules", mode="before")(_comma_list)
 

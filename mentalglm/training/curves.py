@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Sequence
 
-from mentalglm.training.rundir import write_json_atomic
+from mentalglm.core.files import write_json
 
 
 def write_loss_json(path: str | Path, steps: Sequence[dict], stage_names: Sequence[str]) -> Path:
@@ -25,7 +25,7 @@ def write_loss_json(path: str | Path, steps: Sequence[dict], stage_names: Sequen
     Returns:
         ``path`` as a Path.
     """
-    write_json_atomic(path, {"stages": list(stage_names), "steps": list(steps)})
+    write_json(path, {"stages": list(stage_names), "steps": list(steps)})
     return Path(path)
 
 
@@ -65,8 +65,8 @@ def plot_loss(path: str | Path, steps: Sequence[dict], stage_names: Sequence[str
     for index, name in enumerate(stage_names, 1):
         points = [s for s in steps if s["stage"] == index]
         if points:
-            axes.plot([s["step"] for s in points], [s["loss"] for s in points], marker="." if len(points) < 50 else None,
-                      linewidth=1.2, label=f"{name} loss")
+            axes.plot([s["step"] for s in points], [s["loss"] for s in points],
+                      marker="." if len(points) < 50 else None, linewidth=1.2, label=f"{name} loss")
     if steps:
         rate_axes.plot([s["step"] for s in steps], [s["lr"] for s in steps], color="grey", linestyle="--",
                        linewidth=0.8, label="learning rate")

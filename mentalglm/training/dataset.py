@@ -14,14 +14,13 @@ backends tokenize rendered prompts the same way.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 from mentalglm.core.data import Record, read_records, resolve_path
 from mentalglm.core.errors import DataError, MentalGLMError
+from mentalglm.core.files import file_sha256
 from mentalglm.core.prompt import PromptStyle
 
 log = logging.getLogger(__name__)
@@ -96,15 +95,6 @@ class StageData:
     examples: list[Example]
     files: list[DataFile] = field(default_factory=list)
     truncated: int = 0
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes, read in blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _single_token_id(tokenizer, text: str) -> int | None:

@@ -2,7 +2,9 @@
 
 Everything that can be wrong with the input is checked before the model is loaded: the data
 files (every record, against the task when one is given), the eval data, the prompt length of
-every record against ``max_length``, the run folder. Then:
+every record against ``max_length``, the run folder — and the whole run is planned
+(:func:`plan_run`: a :class:`RunPlan` with one frozen :class:`StagePlan` per stage, holding its
+data, steps, epochs, learning rate and warm-up). Then:
 
 - the base model is loaded (fp32, or bf16/fp16 on a GPU) and wrapped with a fresh LoRA
   adapter seeded by ``seed``;
@@ -11,28 +13,35 @@ every record against ``max_length``, the run folder. Then:
 - an optimizer step sums the token losses of its micro-batches and divides by the number of
   response tokens in the step over all processes, so gradient accumulation and DDP give the
   same update as one big batch in one process;
+- after every epoch the adapter is scored on ``eval_data`` through the Analyzer and the torch
+  backend, exactly as ``mentalglm evaluate`` scores it (:mod:`~mentalglm.training.validation`);
 - checkpoints are written every ``save_every`` steps and at every epoch end; rerunning the same
   command continues from the newest one and, on CPU, ends with bit-identical adapter weights.
+
+The loop itself is :class:`_Trainer`: stage → epoch → step, each a short method, with the
+position to resume from passed in rather than kept in flags.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import math
 import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from mentalglm.core.errors import MentalGLMError
+from mentalglm.core.files import read_json_object, write_json
 from mentalglm.training import checkpoint as ckpt
 from mentalglm.training import rundir
 from mentalglm.training.config import TrainConfig
 from mentalglm.training.dataset import (
     IGNORE_INDEX,
+    EndToken,
     StageData,
     collate,
     encode_stage,
@@ -42,6 +51,7 @@ from mentalglm.training.dataset import (
     step_batches,
     steps_per_epoch,
 )
+from mentalglm.training.validation import Validator, decoding_options, load_eval_set
 
 _SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -212,120 +222,310 @@ class _Reporter:
         self.main, self.quiet = main, quiet
 
     def progress(self, message: str) -> None:
+        """A progress line (silenced by ``quiet``)."""
         if self.main and not self.quiet:
             print(f"mentalglm train: {message}", file=sys.stderr, flush=True)
 
     def notice(self, message: str) -> None:
+        """A line the user should see even with ``quiet``."""
         if self.main:
             print(f"mentalglm train: {message}", file=sys.stderr, flush=True)
 
 
-class _Run:
-    """One invocation of :func:`train` (state shared by the phases below)."""
+# -- the plan: everything decided before the model loads ------------------------------------
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage of the run, computed up front.
 
-    def __init__(self, config: TrainConfig, dist):
-        self.config, self.dist = config, dist
+    Attributes:
+        index: 0-based stage index.
+        name: display name (``stage N`` unless configured).
+        data: the stage's tokenized examples, files and truncation count.
+        steps_per_epoch: optimizer steps in one pass over the data (per process).
+        steps: optimizer steps the stage trains.
+        epochs: epochs it starts (the last one may stop early at ``steps``).
+        learning_rate: peak learning rate.
+        warmup_steps: steps of linear warm-up from 0.
+        max_steps: the stage's own ``max_steps`` setting (recorded, not used).
+    """
+
+    index: int
+    name: str
+    data: StageData
+    steps_per_epoch: int
+    steps: int
+    epochs: int
+    learning_rate: float
+    warmup_steps: int
+    max_steps: int | None
+
+    def epoch_complete(self, stage_step: int) -> bool:
+        """Whether an epoch ending at ``stage_step`` went through all its data (the last may stop early)."""
+        return stage_step < self.steps or stage_step == self.epochs * self.steps_per_epoch
+
+    def to_manifest(self) -> dict:
+        """What ``train_config.json`` records about the stage."""
+        return {"name": self.name, "files": [f.to_dict() for f in self.data.files],
+                "examples": len(self.data.examples), "truncated": self.data.truncated,
+                "steps_per_epoch": self.steps_per_epoch, "steps": self.steps, "epochs": self.epochs,
+                "learning_rate": self.learning_rate, "max_steps": self.max_steps}
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """What an invocation of :func:`train` will do, decided before the model loads.
+
+    Attributes:
+        stages: the stages, in order.
+        tokenizer: the base model's tokenizer.
+        end_token: the token appended to every response, or None.
+        pad_id: the id padding uses (masked out of attention and loss).
+        precision: ``fp32``, ``bf16`` or ``fp16``.
+        validator: per-epoch validation, or None without ``eval_data``.
+        manifest: the ``train_config.json`` document.
+        state: ``new``, ``resume`` or ``done`` (see :func:`rundir.run_state`).
+    """
+
+    stages: tuple[StagePlan, ...]
+    tokenizer: Any
+    end_token: EndToken | None
+    pad_id: int
+    precision: str
+    validator: Validator | None
+    manifest: dict
+    state: str
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps over all stages."""
+        return sum(stage.steps for stage in self.stages)
+
+    @property
+    def truncated(self) -> int:
+        """Examples whose response was cut, over all stages."""
+        return sum(stage.data.truncated for stage in self.stages)
+
+    @property
+    def stage_names(self) -> list[str]:
+        """Display names of the stages, in order."""
+        return [stage.name for stage in self.stages]
+
+
+def _plan_stage(config: TrainConfig, index: int, data: StageData, world_size: int) -> StagePlan:
+    per_epoch = steps_per_epoch(len(data.examples), config.batch_size, config.gradient_accumulation, world_size)
+    steps, epochs = config.stage_length(index, per_epoch)
+    return StagePlan(index=index, name=config.stage_name(index), data=data, steps_per_epoch=per_epoch, steps=steps,
+                     epochs=epochs, learning_rate=config.stage_learning_rate(index),
+                     warmup_steps=math.ceil(config.warmup_ratio * steps), max_steps=config.stages[index].max_steps)
+
+
+def _pad_id(tokenizer, end_token: EndToken | None) -> int:
+    # Padding is masked out of attention and loss, so any id will do; prefer the tokenizer's own.
+    candidates = (tokenizer.pad_token_id, end_token.id if end_token else None, tokenizer.eos_token_id, 0)
+    return next(i for i in candidates if i is not None)
+
+
+def _validator(config: TrainConfig, task, style) -> Validator | None:
+    if not config.eval_data:
+        return None
+    return Validator(evalset=load_eval_set(config.eval_data, task), task=task, style=style, system=config.system,
+                     batch_size=config.eval_batch_size, options=decoding_options(config.eval_max_new_tokens))
+
+
+def plan_run(config: TrainConfig, dist, report: _Reporter) -> RunPlan:
+    """Check every input and decide the whole run, before the model is loaded.
+
+    Reads and checks the data files (against the task when one is given), the eval data, the
+    prompt length of every record, and the run folder; tokenizes every stage.
+
+    Raises:
+        MentalGLMError: anything wrong with the input (see :func:`train`).
+    """
+    from mentalglm.core.plugins import get_plugin_manager
+
+    plugins = get_plugin_manager()
+    style = plugins.prompt(config.prompt)
+    task = plugins.task(config.task) if config.task else None
+    if config.system and not style.system_template:
+        raise MentalGLMError(f"prompt style '{style.name}' has no system turn; drop --system")
+    base = rundir.base_model_info(config.model)
+    files = [read_stage_records(stage.data, task) for stage in config.stages]
+    validator = _validator(config, task, style)
+    precision = resolve_precision(config.precision, dist.device)
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    end_token = resolve_end_token(tokenizer, style, config.end_token)
+    stages = tuple(_plan_stage(config, index, encode_stage(tokenizer, style, f, end_token=end_token,
+                                                           max_length=config.max_length, system=config.system),
+                               dist.world_size)
+                   for index, f in enumerate(files))
+    for stage in stages:
+        if stage.data.truncated:
+            report.notice(f"{stage.name}: {stage.data.truncated} of {len(stage.data.examples)} records are longer "
+                          f"than --max-length {config.max_length} tokens; their responses were cut (and their end "
+                          "token is not learnt)")
+    resolved = {"precision": precision, "device": dist.device.type, "world_size": dist.world_size,
+                "end_token": {"text": end_token.text, "id": end_token.id, "reason": end_token.reason}
+                if end_token else None}
+    manifest = rundir.build_manifest(config, base_model=base, stages=[s.to_manifest() for s in stages],
+                                     evaluation=validator.evalset.to_dict() if validator else None, resolved=resolved)
+    state = rundir.run_state(config.output, manifest)
+    dist.barrier()  # every rank has read the folder before rank 0 writes to it
+    return RunPlan(stages=stages, tokenizer=tokenizer, end_token=end_token, pad_id=_pad_id(tokenizer, end_token),
+                   precision=precision, validator=validator, manifest=manifest, state=state)
+
+
+# -- the training loop ------------------------------------------------------------------------
+@dataclass
+class _Optimizer:
+    """A stage's AdamW optimizer, warm-up + decay schedule and (fp16) grad scaler."""
+
+    optimizer: Any
+    scheduler: Any
+    scaler: Any
+    stage: int
+
+    def restore(self, checkpoint: ckpt.Checkpoint) -> None:
+        """Load the checkpoint's optimizer state if it was taken in this stage (a new stage starts afresh)."""
+        if checkpoint.state.get("optimizer_stage") != self.stage:
+            return
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        self.scheduler.load_state_dict(checkpoint.state["scheduler"])
+        if self.scaler is not None and checkpoint.state.get("scaler"):
+            self.scaler.load_state_dict(checkpoint.state["scaler"])
+
+
+def _claim_folder(out: Path, plan: RunPlan, dist) -> None:
+    """Write ``train_config.json`` for a new run (once the model has loaded, so a model that
+    fails to load leaves no half-started run behind) and clear half-written checkpoints."""
+    if dist.is_main:
+        if plan.state == "new":
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                write_json(out / rundir.TRAIN_CONFIG, plan.manifest)
+            except OSError as exc:
+                raise MentalGLMError(f"{out}: cannot write the run folder: {exc.strerror or exc}") from None
+        ckpt.remove_partial(out)
+    dist.barrier()
+
+
+def _wrap_for_ddp(peft_model, dist):
+    """``peft_model`` itself in a world of one, else its DDP replica (gradients all-reduced)."""
+    if not dist.distributed:
+        return peft_model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [dist.device.index] if dist.device.type == "cuda" else None
+    return DistributedDataParallel(peft_model, device_ids=ids)
+
+
+class _Trainer:
+    """Trains the planned stages from a start position; all state is set here in ``__init__``.
+
+    Args:
+        config: the settings.
+        dist: this process's place in the job.
+        plan: the run's plan.
+        peft_model: the adapter-wrapped model (freshly initialised, or with a checkpoint's weights).
+        train_model: what the forward passes run: ``peft_model``, or its DDP wrapper.
+        checkpoint: the checkpoint to continue from, or None.
+        report: where progress goes.
+    """
+
+    def __init__(self, config: TrainConfig, dist, plan: RunPlan, peft_model, train_model,
+                 checkpoint: ckpt.Checkpoint | None, report: _Reporter):
+        self.config, self.dist, self.plan, self.report = config, dist, plan, report
         self.out = Path(config.output)
-        self.report = _Reporter(dist.is_main, config.quiet)
-        self.history: list[dict] = []
-        self.evaluations: list[dict] = []
+        self.peft_model, self.train_model = peft_model, train_model
+        self.checkpoint = checkpoint
+        self.start = checkpoint.position if checkpoint else ckpt.Position()
+        self.global_step = self.start.global_step
+        self.history: list[dict] = list(checkpoint.state.get("loss", [])) if checkpoint else []
+        self.evaluations: list[dict] = list(checkpoint.state.get("evaluations", [])) if checkpoint else []
 
-    # -- before the model: check everything ------------------------------------------------
-    def prepare(self) -> str:
-        from mentalglm.core.plugins import get_plugin_manager
-        from mentalglm.training.validation import load_eval_set
+    def run(self) -> None:
+        """Train every stage from the start position on."""
+        for stage in self.plan.stages[self.start.stage:]:
+            here = self.checkpoint is not None and stage.index == self.start.stage
+            self.train_stage(stage, self.checkpoint if here else None)
 
-        config = self.config
-        plugins = get_plugin_manager()
-        self.style = plugins.prompt(config.prompt)
-        self.task = plugins.task(config.task) if config.task else None
-        if config.system and not self.style.system_template:
-            raise MentalGLMError(f"prompt style '{self.style.name}' has no system turn; drop --system")
-        base = rundir.base_model_info(config.model)
-        files = [read_stage_records(stage.data, self.task) for stage in config.stages]
-        self.evalset = (load_eval_set(config.eval_data, self.task, self.style, config.system)
-                        if config.eval_data else None)
-        self.precision = resolve_precision(config.precision, self.dist.device)
-        self.tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-        self.end_token = resolve_end_token(self.tokenizer, self.style, config.end_token)
-        # Padding is masked out of attention and loss, so any id will do; prefer the tokenizer's own.
-        candidates = (self.tokenizer.pad_token_id, self.end_token.id if self.end_token else None,
-                      self.tokenizer.eos_token_id, 0)
-        self.pad_id = next(i for i in candidates if i is not None)
-        self.stages: list[StageData] = [
-            encode_stage(self.tokenizer, self.style, f, end_token=self.end_token, max_length=config.max_length,
-                         system=config.system) for f in files]
-        self.plan = []  # per stage: (steps per epoch, total steps, epochs)
-        stage_docs = []
-        for index, data in enumerate(self.stages):
-            per_epoch = steps_per_epoch(len(data.examples), config.batch_size, config.gradient_accumulation,
-                                        self.dist.world_size)
-            total, epochs = config.stage_length(index, per_epoch)
-            self.plan.append((per_epoch, total, epochs))
-            stage = config.stages[index]
-            stage_docs.append({"name": config.stage_name(index), "files": [f.to_dict() for f in data.files],
-                               "examples": len(data.examples), "truncated": data.truncated,
-                               "steps_per_epoch": per_epoch, "steps": total, "epochs": epochs,
-                               "learning_rate": config.stage_learning_rate(index),
-                               "max_steps": stage.max_steps})
-            if data.truncated:
-                self.report.notice(f"{config.stage_name(index)}: {data.truncated} of {len(data.examples)} records are "
-                                   f"longer than --max-length {config.max_length} tokens; their responses were cut "
-                                   "(and their end token is not learnt)")
-        resolved = {"precision": self.precision, "device": self.dist.device.type,
-                    "world_size": self.dist.world_size,
-                    "end_token": {"text": self.end_token.text, "id": self.end_token.id, "reason": self.end_token.reason}
-                    if self.end_token else None}
-        self.manifest = rundir.build_manifest(config, base_model=base, stages=stage_docs,
-                                              evaluation=self.evalset.to_dict() if self.evalset else None,
-                                              resolved=resolved)
-        state = rundir.run_state(self.out, self.manifest)
-        self.dist.barrier()  # every rank has read the folder before rank 0 writes to it
-        return state
+    def train_stage(self, stage: StagePlan, checkpoint: ckpt.Checkpoint | None) -> None:
+        """One stage with its own optimizer, from the checkpoint's position when it was taken in this stage."""
+        optim = self.new_optimizer(stage)
+        position = ckpt.Position(self.global_step, stage.index)
+        if checkpoint is not None:
+            optim.restore(checkpoint)
+            # After the optimizer and model are built: those consumed random numbers too.
+            ckpt.restore_rng(checkpoint.rng[self.dist.rank], self.dist.device)
+            position = checkpoint.position
+        stage_step = position.stage_step
+        for epoch in range(position.epoch, stage.epochs):
+            first = position.step_in_epoch if epoch == position.epoch else 0
+            stage_step = self.train_epoch(stage, epoch, first, stage_step, optim)
+            self.end_epoch(stage, epoch, stage_step, optim)
+            if stage_step >= stage.steps:
+                break
 
-    def claim_folder(self, state: str) -> None:
-        """Write ``train_config.json`` for a new run (once the model has loaded, so a model that
-        fails to load leaves no half-started run behind) and clear half-written checkpoints."""
-        if self.dist.is_main:
-            if state == "new":
-                try:
-                    self.out.mkdir(parents=True, exist_ok=True)
-                    rundir.write_json_atomic(self.out / rundir.TRAIN_CONFIG, self.manifest)
-                except OSError as exc:
-                    raise MentalGLMError(f"{self.out}: cannot write the run folder: {exc.strerror or exc}") from None
-            ckpt.remove_partial(self.out)
-        self.dist.barrier()
+    def train_epoch(self, stage: StagePlan, epoch: int, first: int, stage_step: int, optim: _Optimizer) -> int:
+        """The epoch's optimizer steps from step ``first`` on; returns the stage's step count after them."""
+        steps = step_batches(epoch_order(len(stage.data.examples), seed=self.config.seed, stage=stage.index,
+                                         epoch=epoch, world_size=self.dist.world_size, rank=self.dist.rank),
+                             self.config.batch_size, self.config.gradient_accumulation)
+        for index in range(first, len(steps)):
+            if stage_step >= stage.steps:
+                break
+            stats = self.step(steps[index], stage.data.examples, optim)
+            self.global_step += 1
+            stage_step += 1
+            self.record(stage, epoch, stats, final=stage_step == stage.steps)
+            ends_epoch = index == len(steps) - 1 or stage_step >= stage.steps
+            if self.config.save_every and self.global_step % self.config.save_every == 0 and not ends_epoch:
+                self.save(ckpt.Position(self.global_step, stage.index, epoch, index + 1, stage_step), optim)
+        return stage_step
 
-    # -- pieces of the loop ------------------------------------------------------------------
+    def end_epoch(self, stage: StagePlan, epoch: int, stage_step: int, optim: _Optimizer) -> None:
+        """Validate, then checkpoint with the position of the next thing to do."""
+        done = stage_step >= stage.steps
+        self.validate(stage, epoch, complete=stage.epoch_complete(stage_step))
+        # The position names the next thing to do, so a resumed run neither repeats this
+        # epoch's evaluation nor reuses this stage's optimizer in the next stage.
+        following = (ckpt.Position(self.global_step, stage.index + 1) if done
+                     else ckpt.Position(self.global_step, stage.index, epoch + 1, 0, stage_step))
+        self.save(following, optim)
+
+    def record(self, stage: StagePlan, epoch: int, stats: dict, final: bool) -> None:
+        """Append a step to the loss history and print progress every ``log_every`` steps."""
+        self.history.append({"step": self.global_step, "stage": stage.index + 1, "stage_name": stage.name,
+                             "epoch": epoch + 1, "loss": stats["loss"], "lr": stats["lr"],
+                             "grad_norm": stats["grad_norm"], "tokens": stats["tokens"]})
+        if self.global_step % self.config.log_every == 0 or final:
+            self.report.progress(f"step {self.global_step}/{self.plan.total_steps} {stage.name} "
+                                 f"epoch {epoch + 1}/{stage.epochs} loss {stats['loss']:.4f} lr {stats['lr']:.2e}")
+
+    # -- one optimizer step ---------------------------------------------------------------------
     def autocast(self):
+        """Mixed precision for forward passes under bf16/fp16; nothing under fp32."""
         import torch
 
-        if self.precision == "fp32":
+        if self.plan.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.dist.device.type, dtype=getattr(torch, _DTYPES[self.precision]))
+        return torch.autocast(device_type=self.dist.device.type, dtype=getattr(torch, _DTYPES[self.plan.precision]))
 
-    def new_optimizer(self, stage: int):
+    def new_optimizer(self, stage: StagePlan) -> _Optimizer:
+        """A fresh AdamW, schedule and scaler for ``stage``."""
         import torch
         from transformers import get_scheduler
 
         params = [p for p in self.peft_model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.config.stage_learning_rate(stage),
-                                      weight_decay=self.config.weight_decay)
-        total = self.plan[stage][1]
+        optimizer = torch.optim.AdamW(params, lr=stage.learning_rate, weight_decay=self.config.weight_decay)
         scheduler = get_scheduler(_SCHEDULERS[self.config.lr_scheduler], optimizer,
-                                  num_warmup_steps=math.ceil(self.config.warmup_ratio * total),
-                                  num_training_steps=total)
-        scaler = torch.amp.GradScaler("cuda") if self.precision == "fp16" else None
-        return optimizer, scheduler, scaler
+                                  num_warmup_steps=stage.warmup_steps, num_training_steps=stage.steps)
+        scaler = torch.amp.GradScaler("cuda") if self.plan.precision == "fp16" else None
+        return _Optimizer(optimizer, scheduler, scaler, stage.index)
 
-    def step(self, micro_batches: list[list[int]], examples, optimizer, scheduler, scaler) -> dict:
+    def step(self, micro_batches: list[list[int]], examples, optim: _Optimizer) -> dict:
         """One optimizer step over its micro-batches; returns loss, tokens, lr and grad norm."""
-        import torch
-        import torch.nn.functional as F
-
-        device = self.dist.device
         self.train_model.train()
-        batches = [collate([examples[i] for i in batch], self.pad_id) for batch in micro_batches]
+        batches = [collate([examples[i] for i in batch], self.plan.pad_id) for batch in micro_batches]
         tokens = sum(int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b in batches)
         # Normalise by the response tokens of the whole step on all processes; DDP averages
         # gradients over processes, hence the world-size factor. The update then equals a
@@ -334,220 +534,188 @@ class _Run:
         scale = self.dist.world_size / max(all_tokens, 1.0)
         loss_sum = 0.0
         for index, batch in enumerate(batches):
-            last = index == len(batches) - 1
-            sync = (self.train_model.no_sync() if self.dist.distributed and not last else contextlib.nullcontext())
-            with sync:
-                with self.autocast():
-                    logits = self.train_model(input_ids=batch["input_ids"].to(device),
-                                              attention_mask=batch["attention_mask"].to(device),
-                                              use_cache=False).logits
-                labels = batch["labels"][:, 1:].to(device)
-                mask = labels != IGNORE_INDEX
-                # Only the response positions are upcast: the full-vocabulary fp32 logits of a
-                # whole batch would dwarf the model's own activations.
-                summed = F.cross_entropy(logits[:, :-1][mask].float(), labels[mask], reduction="sum")
-                loss = summed * scale
-                (scaler.scale(loss) if scaler is not None else loss).backward()
-                loss_sum += float(summed.detach())
-        params = [p for p in self.peft_model.parameters() if p.requires_grad]
-        if scaler is not None:
-            scaler.unscale_(optimizer)
-        limit = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
-        lr = optimizer.param_groups[0]["lr"]
-        if scaler is not None:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            loss_sum += self.backward(batch, scale, optim.scaler, last=index == len(batches) - 1)
+        grad_norm, lr = self.update(optim)
         total_loss = self.dist.sum([loss_sum])[0]
         return {"loss": total_loss / max(all_tokens, 1.0), "tokens": int(all_tokens), "lr": lr,
                 "grad_norm": grad_norm}
 
-    def evaluate(self, stage: int, epoch: int, complete: bool, global_step: int) -> None:
+    def backward(self, batch: dict, scale: float, scaler, last: bool) -> float:
+        """Forward and backward one micro-batch; returns its summed token loss."""
+        import torch.nn.functional as F
+
+        device = self.dist.device
+        # Gradients are all-reduced once per optimizer step, with its last micro-batch.
+        sync = self.train_model.no_sync() if self.dist.distributed and not last else contextlib.nullcontext()
+        with sync:
+            with self.autocast():
+                logits = self.train_model(input_ids=batch["input_ids"].to(device),
+                                          attention_mask=batch["attention_mask"].to(device), use_cache=False).logits
+            labels = batch["labels"][:, 1:].to(device)
+            mask = labels != IGNORE_INDEX
+            # Only the response positions are upcast: the full-vocabulary fp32 logits of a
+            # whole batch would dwarf the model's own activations.
+            summed = F.cross_entropy(logits[:, :-1][mask].float(), labels[mask], reduction="sum")
+            loss = summed * scale
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+        return float(summed.detach())
+
+    def update(self, optim: _Optimizer) -> tuple[float, float]:
+        """Clip, step the optimizer and schedule, clear the gradients; returns (grad norm, lr used)."""
+        import torch
+
+        params = [p for p in self.peft_model.parameters() if p.requires_grad]
+        if optim.scaler is not None:
+            optim.scaler.unscale_(optim.optimizer)
+        limit = self.config.max_grad_norm if self.config.max_grad_norm > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, limit))
+        lr = optim.optimizer.param_groups[0]["lr"]
+        if optim.scaler is not None:
+            optim.scaler.step(optim.optimizer)
+            optim.scaler.update()
+        else:
+            optim.optimizer.step()
+        optim.scheduler.step()
+        optim.optimizer.zero_grad(set_to_none=True)
+        return grad_norm, lr
+
+    # -- validation and checkpoints ---------------------------------------------------------------
+    def validate(self, stage: StagePlan, epoch: int, complete: bool) -> None:
         """Score the adapter on the eval data (rank 0), without disturbing the training RNG streams."""
         import torch
 
-        from mentalglm.training.validation import generate_greedy, score
-
-        if self.evalset is None:
+        validator = self.plan.validator
+        if validator is None:
             return
         if self.dist.is_main:
             started = time.monotonic()
-            single = [self.tokenizer(s, add_special_tokens=False).input_ids for s in self.style.stop]
-            stop_ids = sorted({ids[0] for ids in single if len(ids) == 1} |
-                              ({self.end_token.id} if self.end_token else set()))
             devices = [self.dist.device] if self.dist.device.type == "cuda" else []
-            self.peft_model.eval()
-            with torch.random.fork_rng(devices=devices):
-                outputs = generate_greedy(self.peft_model, self.tokenizer, self.evalset.prompts,
-                                          device=self.dist.device, max_new_tokens=self.config.eval_max_new_tokens,
-                                          batch_size=self.config.eval_batch_size, stop_ids=stop_ids,
-                                          stop_strings=self.style.stop, pad_id=self.pad_id, autocast=self.autocast)
-            self.peft_model.train()
-            result = score(self.task, self.evalset.golds, outputs)
-            entry = {"step": global_step, "stage": stage + 1, "stage_name": self.config.stage_name(stage),
+            self.peft_model.eval()  # no dropout while generating
+            try:
+                with torch.random.fork_rng(devices=devices):
+                    result = validator.run(self.peft_model, self.plan.tokenizer, self.dist.device)
+            finally:
+                self.peft_model.train()
+            entry = {"step": self.global_step, "stage": stage.index + 1, "stage_name": stage.name,
                      "epoch": epoch + 1, "epoch_complete": complete, **result,
                      "seconds": round(time.monotonic() - started, 3)}
-            self.evaluations = [e for e in self.evaluations if e["step"] != global_step] + [entry]
+            self.evaluations = [e for e in self.evaluations if e["step"] != self.global_step] + [entry]
             self.write_metrics()
             value = result["primary_value"]
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-            self.report.notice(f"eval after {entry['stage_name']} epoch {epoch + 1} (step {global_step}): "
+            self.report.notice(f"eval after {stage.name} epoch {epoch + 1} (step {self.global_step}): "
                                f"{result['primary_metric']} = {shown}, invalid {result['counts']['invalid']}"
                                f"/{result['counts']['posts']}")
         self.dist.barrier()
 
     def write_metrics(self) -> None:
-        rundir.write_json_atomic(self.out / "metrics.json", {
-            "task": self.task.name, "eval_data": self.evalset.spec, "primary_metric": self.task.primary_metric,
-            "decoding": {"greedy": True, "max_new_tokens": self.config.eval_max_new_tokens, "constrained": False},
-            "evaluations": self.evaluations})
+        """``metrics.json``: the evaluations so far and the ``mentalglm evaluate`` options that reproduce them."""
+        document = self.plan.validator.document(self.config.model, str(self.out / "adapter"), self.evaluations)
+        write_json(self.out / "metrics.json", document)
 
-    def stage_names(self) -> list[str]:
-        return [self.config.stage_name(i) for i in range(len(self.config.stages))]
-
-    def save(self, position: ckpt.Position, optimizer, scheduler, scaler, optimizer_stage: int) -> None:
+    def save(self, position: ckpt.Position, optim: _Optimizer) -> None:
         """A checkpoint (all ranks gather their RNG states; rank 0 writes), and loss.json."""
         from mentalglm.training.curves import write_loss_json
 
         rng = self.dist.gather(ckpt.capture_rng(self.dist.device))
         if self.dist.is_main:
-            ckpt.write_checkpoint(self.out, peft_model=self.peft_model, optimizer=optimizer, position=position,
-                                  rng_by_rank=rng, scheduler=scheduler, scaler=scaler,
-                                  extra={"optimizer_stage": optimizer_stage, "loss": self.history,
+            ckpt.write_checkpoint(self.out, peft_model=self.peft_model, optimizer=optim.optimizer, position=position,
+                                  rng_by_rank=rng, scheduler=optim.scheduler, scaler=optim.scaler,
+                                  extra={"optimizer_stage": optim.stage, "loss": self.history,
                                          "evaluations": self.evaluations},
                                   keep=self.config.keep_checkpoints)
-            write_loss_json(self.out / "loss.json", self.history, self.stage_names())
+            write_loss_json(self.out / "loss.json", self.history, self.plan.stage_names)
         self.dist.barrier()
 
-    # -- the run -----------------------------------------------------------------------------
-    def execute(self) -> TrainResult:
-        started = time.monotonic()
-        state = self.prepare()
-        truncated = sum(s.truncated for s in self.stages)
-        result = TrainResult(output=self.out, adapter=self.out / "adapter", truncated=truncated)
-        if state == "done":
-            summary = json.loads((self.out / rundir.SUMMARY).read_text(encoding="utf-8"))
-            result.already_finished, result.steps = True, summary.get("steps", 0)
-            result.final_loss = summary.get("final_loss")
-            self.report.notice(f"{self.out}: this training run already finished ({result.steps} steps); "
-                               f"the adapter is in {result.adapter}")
-            return result
-
-        self.peft_model = build_peft_model(self.config, self.precision, self.dist.device)
-        self.claim_folder(state)
-        self.train_model = self.peft_model
-        if self.dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel
-
-            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
-            self.train_model = DistributedDataParallel(self.peft_model, device_ids=ids)
-        # Dropout streams differ per rank (seeded apart from the adapter's initialisation).
-        seed_everything(self.config.seed + 1 + self.dist.rank)
-
-        position, checkpoint = ckpt.Position(), None
-        found = ckpt.list_checkpoints(self.out)
-        if found:
-            checkpoint = ckpt.read_checkpoint(found[-1][1])
-            ckpt.load_adapter_weights(self.peft_model, checkpoint.path)
-            position = checkpoint.position
-            self.history = list(checkpoint.state.get("loss", []))
-            self.evaluations = list(checkpoint.state.get("evaluations", []))
-            result.resumed_from = position.global_step
-            self.report.notice(f"resuming from {checkpoint.path} (step {position.global_step})")
-
-        total_steps = sum(total for _, total, _ in self.plan)
-        trainable = sum(p.numel() for p in self.peft_model.parameters() if p.requires_grad)
-        self.report.progress(f"{len(self.stages)} stage(s), {total_steps} steps, {trainable:,} LoRA parameters, "
-                             f"{self.dist.device.type} {self.precision}, {self.dist.world_size} process(es)")
-        global_step = position.global_step
-        for stage in range(position.stage, len(self.stages)):
-            examples = self.stages[stage].examples
-            per_epoch, total, epochs = self.plan[stage]
-            optimizer, scheduler, scaler = self.new_optimizer(stage)
-            here = checkpoint is not None and stage == position.stage
-            if here and checkpoint.state.get("optimizer_stage") == stage:
-                optimizer.load_state_dict(checkpoint.optimizer)
-                scheduler.load_state_dict(checkpoint.state["scheduler"])
-                if scaler is not None and checkpoint.state.get("scaler"):
-                    scaler.load_state_dict(checkpoint.state["scaler"])
-            if here:
-                # After the optimizer and model are built: those consumed random numbers too.
-                ckpt.restore_rng(checkpoint.rng[self.dist.rank], self.dist.device)
-            stage_step = position.stage_step if here else 0
-            first_epoch = position.epoch if here else 0
-            for epoch in range(first_epoch, epochs):
-                order = epoch_order(len(examples), seed=self.config.seed, stage=stage, epoch=epoch,
-                                    world_size=self.dist.world_size, rank=self.dist.rank)
-                steps = step_batches(order, self.config.batch_size, self.config.gradient_accumulation)
-                first = position.step_in_epoch if here and epoch == first_epoch else 0
-                for index in range(first, len(steps)):
-                    if stage_step >= total:
-                        break
-                    stats = self.step(steps[index], examples, optimizer, scheduler, scaler)
-                    global_step += 1
-                    stage_step += 1
-                    self.history.append({"step": global_step, "stage": stage + 1,
-                                         "stage_name": self.config.stage_name(stage), "epoch": epoch + 1,
-                                         "loss": stats["loss"], "lr": stats["lr"], "grad_norm": stats["grad_norm"],
-                                         "tokens": stats["tokens"]})
-                    if global_step % self.config.log_every == 0 or stage_step == total:
-                        self.report.progress(f"step {global_step}/{total_steps} {self.config.stage_name(stage)} "
-                                             f"epoch {epoch + 1}/{epochs} loss {stats['loss']:.4f} "
-                                             f"lr {stats['lr']:.2e}")
-                    ends_epoch = index == len(steps) - 1 or stage_step >= total
-                    if self.config.save_every and global_step % self.config.save_every == 0 and not ends_epoch:
-                        self.save(ckpt.Position(global_step, stage, epoch, index + 1, stage_step),
-                                  optimizer, scheduler, scaler, stage)
-                stage_done = stage_step >= total
-                self.evaluate(stage, epoch, complete=not stage_done or stage_step == epochs * per_epoch,
-                              global_step=global_step)
-                # The position names the next thing to do, so a resumed run neither repeats
-                # this epoch's evaluation nor reuses this stage's optimizer in the next stage.
-                following = (ckpt.Position(global_step, stage + 1, 0, 0, 0) if stage_done
-                             else ckpt.Position(global_step, stage, epoch + 1, 0, stage_step))
-                self.save(following, optimizer, scheduler, scaler, stage)
-                if stage_done:
-                    break
-            checkpoint = None
-        return self.finish(result, global_step, started)
-
-    def finish(self, result: TrainResult, global_step: int, started: float) -> TrainResult:
-        import shutil
-
-        from mentalglm.training.curves import plot_loss, write_loss_json
-
-        result.steps, result.evaluations = global_step, self.evaluations
+    # -- the end ------------------------------------------------------------------------------------
+    def finish(self, result: TrainResult, started: float) -> TrainResult:
+        """Write the final adapter, curves, metrics and summary (rank 0); fill in ``result``."""
+        result.steps, result.evaluations = self.global_step, self.evaluations
         result.final_loss = self.history[-1]["loss"] if self.history else None
         if self.dist.is_main:
-            partial = self.out / ".adapter.partial"
-            shutil.rmtree(partial, ignore_errors=True)
-            self.peft_model.save_pretrained(partial, safe_serialization=True)
-            shutil.rmtree(result.adapter, ignore_errors=True)
-            partial.replace(result.adapter)
-            write_loss_json(self.out / "loss.json", self.history, self.stage_names())
-            plot_loss(self.out / "loss.png", self.history, self.stage_names(),
-                      title=f"LoRA r={self.config.lora_r} on {Path(self.config.model).name}")
+            self.save_adapter(result.adapter)
+            self.write_curves()
             if self.evaluations:
                 self.write_metrics()
-            stages = []
-            for index, name in enumerate(self.stage_names(), 1):
-                losses = [s["loss"] for s in self.history if s["stage"] == index]
-                stages.append({"name": name, "steps": len(losses), "first_loss": losses[0] if losses else None,
-                               "last_loss": losses[-1] if losses else None,
-                               "truncated": self.stages[index - 1].truncated})
-            rundir.write_json_atomic(self.out / rundir.SUMMARY, {
-                "steps": global_step, "final_loss": result.final_loss, "stages": stages,
-                "adapter": str(result.adapter), "resumed_from": result.resumed_from,
-                "seconds_this_invocation": round(time.monotonic() - started, 3),
-                "last_evaluation": self.evaluations[-1] if self.evaluations else None})
+            self.write_summary(result, started)
             loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
-            self.report.progress(f"done: {global_step} steps, final loss {loss}; adapter in {result.adapter}")
+            self.report.progress(f"done: {self.global_step} steps, final loss {loss}; adapter in {result.adapter}")
         self.dist.barrier()
         return result
+
+    def save_adapter(self, adapter: Path) -> None:
+        """The final adapter, written beside its place and renamed into it."""
+        import shutil
+
+        partial = self.out / ".adapter.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        self.peft_model.save_pretrained(partial, safe_serialization=True)
+        shutil.rmtree(adapter, ignore_errors=True)
+        partial.replace(adapter)
+
+    def write_curves(self) -> None:
+        """``loss.json`` and ``loss.png``."""
+        from mentalglm.training.curves import plot_loss, write_loss_json
+
+        write_loss_json(self.out / "loss.json", self.history, self.plan.stage_names)
+        plot_loss(self.out / "loss.png", self.history, self.plan.stage_names,
+                  title=f"LoRA r={self.config.lora_r} on {Path(self.config.model).name}")
+
+    def write_summary(self, result: TrainResult, started: float) -> None:
+        """``train_summary.json``, written last: its presence marks the run finished."""
+        stages = []
+        for stage in self.plan.stages:
+            losses = [s["loss"] for s in self.history if s["stage"] == stage.index + 1]
+            stages.append({"name": stage.name, "steps": len(losses), "first_loss": losses[0] if losses else None,
+                           "last_loss": losses[-1] if losses else None, "truncated": stage.data.truncated})
+        write_json(self.out / rundir.SUMMARY, {
+            "steps": self.global_step, "final_loss": result.final_loss, "stages": stages,
+            "adapter": str(result.adapter), "resumed_from": result.resumed_from,
+            "seconds_this_invocation": round(time.monotonic() - started, 3),
+            "last_evaluation": self.evaluations[-1] if self.evaluations else None})
+
+
+def _already_finished(out: Path, result: TrainResult, report: _Reporter) -> TrainResult:
+    summary = read_json_object(out / rundir.SUMMARY, "training summary")
+    result.already_finished, result.steps = True, summary.get("steps", 0)
+    result.final_loss = summary.get("final_loss")
+    report.notice(f"{out}: this training run already finished ({result.steps} steps); the adapter is in "
+                  f"{result.adapter}")
+    return result
+
+
+def _latest_checkpoint(out: Path, peft_model, report: _Reporter) -> ckpt.Checkpoint | None:
+    """The newest complete checkpoint, its adapter weights loaded into ``peft_model``; None for a fresh run."""
+    found = ckpt.list_checkpoints(out)
+    if not found:
+        return None
+    checkpoint = ckpt.read_checkpoint(found[-1][1])
+    ckpt.load_adapter_weights(peft_model, checkpoint.path)
+    report.notice(f"resuming from {checkpoint.path} (step {checkpoint.position.global_step})")
+    return checkpoint
+
+
+def _execute(config: TrainConfig, dist) -> TrainResult:
+    """Plan, load, train, finish: one invocation of :func:`train` in this process."""
+    started = time.monotonic()
+    out, report = Path(config.output), _Reporter(dist.is_main, config.quiet)
+    plan = plan_run(config, dist, report)
+    result = TrainResult(output=out, adapter=out / "adapter", truncated=plan.truncated)
+    if plan.state == "done":
+        return _already_finished(out, result, report)
+    peft_model = build_peft_model(config, plan.precision, dist.device)
+    _claim_folder(out, plan, dist)
+    train_model = _wrap_for_ddp(peft_model, dist)
+    # Dropout streams differ per rank (seeded apart from the adapter's initialisation).
+    seed_everything(config.seed + 1 + dist.rank)
+    checkpoint = _latest_checkpoint(out, peft_model, report)
+    result.resumed_from = checkpoint.position.global_step if checkpoint else None
+    trainer = _Trainer(config, dist, plan, peft_model, train_model, checkpoint, report)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    report.progress(f"{len(plan.stages)} stage(s), {plan.total_steps} steps, {trainable:,} LoRA parameters, "
+                    f"{dist.device.type} {plan.precision}, {dist.world_size} process(es)")
+    trainer.run()
+    return trainer.finish(result, started)
 
 
 def train(config: TrainConfig) -> TrainResult:
@@ -570,6 +738,6 @@ def train(config: TrainConfig) -> TrainResult:
 
     dist = setup(config.device)
     try:
-        return _Run(config, dist).execute()
+        return _execute(config, dist)
     finally:
         dist.close()

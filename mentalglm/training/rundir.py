@@ -11,12 +11,11 @@ presence means the run is finished.
 from __future__ import annotations
 
 import json
-import os
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from mentalglm.core.errors import MentalGLMError
+from mentalglm.core.files import read_json_object
 
 TRAIN_CONFIG = "train_config.json"
 SUMMARY = "train_summary.json"
@@ -24,14 +23,6 @@ FORMAT = "mentalglm-train/1"
 
 #: Folders and files a run writes; any other content means the folder is not a run of ours.
 RUN_ENTRIES = {TRAIN_CONFIG, SUMMARY, "checkpoints", "adapter", "loss.json", "loss.png", "metrics.json"}
-
-
-def write_json_atomic(path: str | Path, document: Any) -> None:
-    """Write JSON under a temporary name and rename it, so readers never see half a file."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.partial")
-    temporary.write_text(json.dumps(document, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    os.replace(temporary, path)
 
 
 def identity(manifest: dict) -> dict:
@@ -75,9 +66,8 @@ def run_state(run_dir: str | Path, manifest: dict) -> str:
                                  "use an empty or new --output folder")
         return "new"
     try:
-        previous = json.loads(path.read_text(encoding="utf-8"))
-        old = identity(previous)
-    except (OSError, ValueError, KeyError, TypeError):
+        old = identity(read_json_object(path, "training config"))
+    except (MentalGLMError, KeyError, TypeError):
         raise MentalGLMError(f"{path}: unreadable; delete {folder} to start over") from None
     new = identity(manifest)
     changed = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
@@ -93,7 +83,7 @@ def base_model_info(model_dir: str | Path) -> dict:
     Raises:
         MentalGLMError: no such folder, or no ``config.json`` in it.
     """
-    from mentalglm.training.dataset import file_sha256
+    from mentalglm.core.files import file_sha256
 
     folder = Path(model_dir)
     config = folder / "config.json"
@@ -101,10 +91,7 @@ def base_model_info(model_dir: str | Path) -> dict:
         raise MentalGLMError(f"{folder}: no such model folder")
     if not config.is_file():
         raise MentalGLMError(f"{folder}: no config.json; is it a transformers model folder?")
-    try:
-        architectures = json.loads(config.read_text(encoding="utf-8")).get("architectures") or []
-    except ValueError:
-        raise MentalGLMError(f"{config}: not valid JSON") from None
+    architectures = read_json_object(config, "model config").get("architectures") or []
     return {"path": str(folder.resolve()), "architectures": architectures, "config_sha256": file_sha256(config)}
 
 
@@ -124,7 +111,7 @@ def build_manifest(config, *, base_model: dict, stages: list[dict], evaluation: 
         The manifest (``format``, ``settings``, ``resolved``, ``base_model``, ``data``,
         ``versions``, ``created``).
     """
-    from mentalglm.core.evaluation import package_versions
+    from mentalglm.core.provenance import package_versions
 
     return {
         "format": FORMAT,

@@ -1,124 +1,139 @@
-"""Validation during training: the adapter as it stands, scored with the task's own metrics.
+"""Validation during training: the adapter as it stands, scored exactly as ``mentalglm evaluate`` scores it.
 
-After each epoch the in-memory peft model (adapter unmerged, dropout off) generates greedily
-for every eval post; outputs are parsed with ``task.parse`` and scored with
-``task.compute_metrics`` — the numbers ``mentalglm evaluate`` would report for the saved
-adapter. Generating in memory avoids writing and reloading the adapter through a backend
-every epoch. Decoding is free (no response-format constraint): during training the point is
-to see whether the model learns the format, and invalid answers are counted. Under DDP only
-rank 0 evaluates while the others wait.
+After each epoch the in-memory peft model (adapter unmerged, dropout off) is wrapped with
+:meth:`TorchBackend.from_model <mentalglm.backends.torch_backend.TorchBackend.from_model>` and
+run through the same :class:`~mentalglm.core.analyzer.Analyzer` that ``mentalglm evaluate``
+uses; outputs are parsed with ``task.parse`` and scored with ``task.compute_metrics`` as
+:func:`mentalglm.core.evaluation.evaluate` does. So the numbers are, by construction, those of
+``mentalglm evaluate --backend torch -O adapter=RUN/adapter`` with the options recorded in
+``metrics.json`` — one generation path, no second implementation to drift. Wrapping the model
+in memory avoids writing and reloading the adapter every epoch.
+
+Decoding is free (``constrained=false``) and greedy: during training the point is to see
+whether the model learns the format, and invalid answers are counted. Under DDP only rank 0
+evaluates while the others wait.
 """
 
 from __future__ import annotations
 
-import contextlib
+import shlex
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 from mentalglm.core.data import read_posts, resolve_path
 from mentalglm.core.errors import DataError
+from mentalglm.core.prediction import Post, Prediction
 from mentalglm.core.prompt import PromptStyle
 
 
-@dataclass
+@dataclass(frozen=True)
 class EvalSet:
-    """Gold-labelled posts ready to generate for.
+    """Gold-labelled posts to validate on.
 
     Attributes:
         spec: the file as given.
         path: its resolved path.
         sha256: hash of its bytes.
-        ids: post ids.
-        prompts: rendered prompts (each post's own C-IMHI instruction, or the task's).
-        golds: gold answers, aligned with ``prompts``.
+        posts: the posts, each with its gold answer (and its own C-IMHI instruction, if any).
     """
 
     spec: str
     path: str
     sha256: str
-    ids: list[str]
-    prompts: list[str]
-    golds: list
+    posts: tuple[Post, ...]
+
+    @property
+    def golds(self) -> list:
+        """Gold answers, aligned with ``posts``."""
+        return [post.gold for post in self.posts]
 
     def to_dict(self) -> dict:
         """What ``train_config.json`` records about the eval data."""
-        return {"spec": self.spec, "path": self.path, "sha256": self.sha256, "posts": len(self.ids)}
+        return {"spec": self.spec, "path": self.path, "sha256": self.sha256, "posts": len(self.posts)}
 
 
-def load_eval_set(spec: str, task, style: PromptStyle, system: str | None = None) -> EvalSet:
+def load_eval_set(spec: str, task) -> EvalSet:
     """Read gold-labelled posts or C-IMHI records for validation.
 
     Raises:
         DataError: a bad file, a label outside the task, or a post without a gold answer.
     """
-    from mentalglm.training.dataset import file_sha256
+    from mentalglm.core.files import file_sha256
 
     path = resolve_path(spec)
     posts = read_posts(path, task)
     for post in posts:
         if post.gold is None:
             raise DataError(path, post.line, "label", "missing; --eval-data needs a gold answer for every post")
-    prompts = [style.render(p.instruction or task.instruction, p.text, system) for p in posts]
-    return EvalSet(spec=spec, path=str(path.resolve()), sha256=file_sha256(path), ids=[p.id for p in posts],
-                   prompts=prompts, golds=[p.gold for p in posts])
+    return EvalSet(spec=spec, path=str(path.resolve()), sha256=file_sha256(path), posts=tuple(posts))
 
 
-def generate_greedy(model, tokenizer, prompts: Sequence[str], *, device, max_new_tokens: int, batch_size: int,
-                    stop_ids: Sequence[int], stop_strings: Sequence[str], pad_id: int,
-                    autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> list[str]:
-    """Greedy completions, left-padded in batches, cut at the first stop token or stop string.
-
-    Args:
-        model: a causal LM (the peft model during training).
-        tokenizer: its tokenizer.
-        prompts: rendered prompts (tokenized without added special tokens).
-        device: where the model is.
-        max_new_tokens: generation budget per prompt.
-        batch_size: prompts per ``generate`` call.
-        stop_ids: token ids that end a completion.
-        stop_strings: texts that end a completion (for stops that are not single tokens).
-        pad_id: padding id.
-        autocast: a context-manager factory for mixed precision.
-
-    Returns:
-        One completion text per prompt.
-    """
-    import torch
-    from transformers import GenerationConfig
-
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=list(stop_ids) or None,
-                              pad_token_id=pad_id, use_cache=True)
-    stops = set(stop_ids)
-    texts: list[str] = []
-    for start in range(0, len(prompts), batch_size):
-        encoded = [tokenizer(p, add_special_tokens=False).input_ids for p in prompts[start:start + batch_size]]
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
-            attention[row, width - len(ids):] = 1
-        with torch.no_grad(), autocast():
-            output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                    generation_config=config)
-        for row in output[:, width:].tolist():
-            cut = next((i for i, token in enumerate(row) if token in stops), len(row))
-            text = tokenizer.decode(row[:cut], skip_special_tokens=True)
-            for stop in stop_strings:
-                text = text.split(stop, 1)[0]
-            texts.append(text)
-    return texts
+def decoding_options(max_new_tokens: int) -> dict:
+    """The torch backend options validation decodes with: greedy (the default) and unconstrained."""
+    return {"constrained": False, "max_new_tokens": max_new_tokens}
 
 
-def score(task, golds: Sequence, outputs: Sequence[str]) -> dict:
-    """The task's metrics for model outputs.
+def score(task, golds: Sequence, predictions: Sequence[Prediction]) -> dict:
+    """The task's metrics for predictions, computed as :func:`mentalglm.core.evaluation.evaluate` does.
 
     Returns:
         ``{"primary_metric", "primary_value", "counts": {"posts", "valid", "invalid"}, "metrics"}``.
     """
-    responses = [task.parse(text) for text in outputs]
-    metrics = task.compute_metrics(list(golds), responses)
-    invalid = sum(not r.valid for r in responses)
+    metrics = task.compute_metrics(list(golds), [task.parse(p.output) for p in predictions])
     return {"primary_metric": task.primary_metric, "primary_value": metrics.get(task.primary_metric),
-            "counts": {"posts": len(responses), "valid": len(responses) - invalid, "invalid": invalid},
+            "counts": {"posts": len(predictions), "valid": metrics["n"] - metrics["invalid"],
+                       "invalid": metrics["invalid"]},
             "metrics": metrics}
+
+
+@dataclass(frozen=True)
+class Validator:
+    """Scores a model in memory on an :class:`EvalSet` through the Analyzer and the torch backend.
+
+    Attributes:
+        evalset: the gold-labelled posts.
+        task: the Task whose metrics are computed.
+        style: the prompt style (the one training renders records with).
+        system: the system message, if any.
+        batch_size: posts per backend call.
+        options: torch backend options (:func:`decoding_options`).
+    """
+
+    evalset: EvalSet
+    task: object
+    style: PromptStyle
+    system: str | None
+    batch_size: int
+    options: dict
+
+    def run(self, model, tokenizer, device) -> dict:
+        """Generate for every eval post with ``model`` (left as it is) and score the outputs (see :func:`score`)."""
+        from mentalglm.backends.torch_backend import TorchBackend
+        from mentalglm.core.analyzer import Analyzer
+
+        # The backend wraps the caller's model: closing it frees nothing of the training run.
+        with TorchBackend.from_model(model, tokenizer, self.options, device=device) as backend:
+            analyzer = Analyzer(task=self.task, backend=backend, prompt=self.style, system=self.system,
+                                batch_size=self.batch_size)
+            predictions = list(analyzer.analyze_many(self.evalset.posts))
+        return score(self.task, self.evalset.golds, predictions)
+
+    def evaluate_command(self, base_model: str, adapter: str) -> str:
+        """The ``mentalglm evaluate`` command line that reproduces these numbers for a saved adapter."""
+        options = [f"adapter={adapter}"] + [f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                                            for k, v in self.options.items()]
+        words = ["mentalglm", "evaluate", "--task", self.task.name, "--backend", "torch", "--model", base_model,
+                 "--data", self.evalset.spec, "--prompt", self.style.name, "--batch-size", str(self.batch_size)]
+        words += ["--system", self.system] if self.system else []
+        for option in options:
+            words += ["-O", option]
+        return shlex.join(words + ["--output-dir", "EVAL_DIR"])
+
+    def document(self, base_model: str, adapter: str, evaluations: list[dict]) -> dict:
+        """The ``metrics.json`` document: how validation decoded, and every evaluation so far."""
+        return {"task": self.task.name, "eval_data": self.evalset.spec, "primary_metric": self.task.primary_metric,
+                "decoding": {"greedy": True, "max_new_tokens": self.options["max_new_tokens"],
+                             "constrained": self.options["constrained"]},
+                "backend": "torch", "prompt": self.style.name, "system": self.system, "options": dict(self.options),
+                "evaluate_command": self.evaluate_command(base_model, adapter),
+                "evaluations": evaluations}

@@ -1,4 +1,8 @@
-"""The answer format a task accepts, for constrained decoding: one language, two encodings.
+"""The answer format of a task: the one owner of ``标签：``, ``解释：`` and the ``、`` separator.
+
+It renders answers (fine-tuning targets, score-mode answers, what the CLI prints), names the
+headers the parser looks for first, and builds the constraint for decoding: one language,
+two encodings.
 
 ``标签：<label>[、<label>…]\\n解释：<free text>`` (or one ``field：text`` line per field for
 extraction tasks, then the explanation). llama.cpp gets it as a GBNF grammar
@@ -28,6 +32,7 @@ class ResponseFormat:
         fields: extraction only: field names in order; each field holds one non-empty line.
         label_prefix: header of the label line.
         explanation_prefix: header of the explanation.
+        empty_value: extraction only: what an empty field is written as.
         separator: between labels of a multi-label answer (at most one mention per label's worth:
             a multi-label answer names at most ``len(labels)`` labels, so a looping model stops).
     """
@@ -39,10 +44,51 @@ class ResponseFormat:
     label_prefix: str = "标签"
     explanation_prefix: str = "解释"
     separator: str = "、"
+    empty_value: str = "无"
+
+    @property
+    def label_head(self) -> str:
+        """What opens the label line: ``标签：``."""
+        return f"{self.label_prefix}{COLON}"
+
+    @property
+    def explanation_head(self) -> str:
+        """What opens the explanation: ``解释：``."""
+        return f"{self.explanation_prefix}{COLON}"
+
+    def field_head(self, name: str) -> str:
+        """What opens an extraction field's line: ``触发事件：``."""
+        return f"{name}{COLON}"
+
+    def label_line(self, labels) -> str:
+        """``标签：A、B`` (multi-label with no label: the none answer, ``标签：无``)."""
+        if not labels and self.none_label:
+            return f"{self.label_head}{self.none_label}"
+        return f"{self.label_head}{self.separator.join(labels)}"
+
+    def render(self, answer, explanation: str = "") -> str:
+        """The answer text in this format — what fine-tuning teaches and constrained decoding accepts.
+
+        Args:
+            answer: labels (classification) or field name → text (extraction; a missing or empty
+                field is written as :attr:`empty_value`).
+            explanation: the explanation; left out when empty.
+        """
+        if self.kind == "extraction":
+            lines = [f"{self.field_head(name)}{answer.get(name) or self.empty_value}" for name in self.fields]
+        else:
+            lines = [self.label_line(answer)]
+        if explanation:
+            lines.append(f"{self.explanation_head}{explanation}")
+        return "\n".join(lines)
+
+    def explanation_lead(self, labels) -> str:
+        """The label line and the explanation header: what score mode writes before generating the explanation."""
+        return f"{self.label_line(labels)}\n{self.explanation_head}"
 
     @cached_property
     def _explanation_head(self) -> bytes:
-        return f"\n{self.explanation_prefix}{COLON}".encode()
+        return f"\n{self.explanation_head}".encode()
 
     # -- prefix test (transformers) ---------------------------------------------------------
     def allows(self, text: bytes) -> bool:
@@ -57,7 +103,7 @@ class ResponseFormat:
         """None: impossible; False: a valid unfinished prefix of the constrained part; True: in free text."""
         if self.kind == "extraction":
             return self._walk_fields(text)
-        head = f"{self.label_prefix}{COLON}".encode()
+        head = self.label_head.encode()
         if len(text) <= len(head):
             return False if head.startswith(text) else None
         if not text.startswith(head):
@@ -103,7 +149,7 @@ class ResponseFormat:
         return True if text.startswith(head) else None
 
     def _walk_fields(self, text: bytes):
-        heads = [f"{name}{COLON}".encode() for name in self.fields]
+        heads = [self.field_head(name).encode() for name in self.fields]
         position = 0
         for index, head in enumerate(heads):
             chunk = text[position:]
@@ -130,10 +176,10 @@ class ResponseFormat:
             escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
             return f'"{escaped}"'
 
-        explanation = f'{literal(chr(10) + self.explanation_prefix + COLON)} free'
+        explanation = f'{literal(chr(10) + self.explanation_head)} free'
         rules = []
         if self.kind == "extraction":
-            lines = " ".join(f'{literal(("" if i == 0 else chr(10)) + name + COLON)} line'
+            lines = " ".join(f'{literal(("" if i == 0 else chr(10)) + self.field_head(name))} line'
                              for i, name in enumerate(self.fields))
             rules.append(f"root ::= {lines} {explanation}")
             rules.append(r'line ::= [^\n]+')
@@ -146,6 +192,6 @@ class ResponseFormat:
                     labels = f"({labels} | {literal(self.none_label)})"
             else:
                 labels = "label"
-            rules.insert(0, f"root ::= {literal(self.label_prefix + COLON)} {labels} {explanation}")
+            rules.insert(0, f"root ::= {literal(self.label_head)} {labels} {explanation}")
         rules.append(r"free ::= [^\x00]*")
         return "\n".join(rules) + "\n"

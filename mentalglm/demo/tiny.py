@@ -7,7 +7,7 @@ and special tokens. It also writes a model in the original THUDM ChatGLM layout 
 of the released MentalGLM checkpoints) so the importer can be tested end to end.
 
 Example:
-    >>> from mentalglm.converters.tiny import build_tiny_glm
+    >>> from mentalglm.demo.tiny import build_tiny_glm
     >>> model_dir = build_tiny_glm("/tmp/tiny-glm")          # doctest: +SKIP
     >>> # AutoModelForCausalLM.from_pretrained(model_dir) — no trust_remote_code needed
 
@@ -22,13 +22,13 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-from mentalglm.converters.tiktoken_bpe import (
+from mentalglm.converters.tiktoken_bpe import write_tiktoken
+from mentalglm.modelfiles.tokens import (
     GLM4_CHAT_TEMPLATE,
     GLM4_PRETOKENIZE_REGEX,
     GLM4_SPECIAL_TOKENS,
     GLM4_STOP_TOKENS,
     str_to_token,
-    write_tiktoken,
 )
 
 __all__ = [

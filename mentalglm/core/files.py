@@ -1,0 +1,64 @@
+"""Small file helpers every part of mentalglm shares: JSON read with one-line errors, JSON
+written atomically, and the SHA-256 of a file.
+
+Atomic writes matter because run folders are read back to resume: a reader must never see
+half a ``run.json`` after a crash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .errors import MentalGLMError
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """The parsed JSON in ``path``.
+
+    Raises:
+        MentalGLMError: the file is missing, unreadable, not JSON or nested too deeply, in one
+            line that names the file.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MentalGLMError(f"{path}: {what} not found") from None
+    except RecursionError:
+        raise MentalGLMError(f"{path}: {what} is nested too deeply to read") from None
+    except (OSError, ValueError) as exc:
+        raise MentalGLMError(f"{path}: unreadable {what} ({exc})") from None
+
+
+def read_json_object(path: str | Path, what: str = "JSON file") -> dict:
+    """Like :func:`read_json`, and the document must be a JSON object."""
+    data = read_json(path, what)
+    if not isinstance(data, dict):
+        raise MentalGLMError(f"{path}: {what} is not a JSON object")
+    return data
+
+
+def write_json(path: str | Path, document: Any, *, indent: int | None = 2) -> Path:
+    """Write ``document`` as UTF-8 JSON under a temporary name, then rename it into place.
+
+    Returns:
+        The path written.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.partial")
+    temporary.write_text(json.dumps(document, ensure_ascii=False, indent=indent) + "\n", encoding="utf-8")
+    os.replace(temporary, path)
+    return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
