@@ -32,7 +32,8 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--id-field", metavar="F", help="the field or column holding the post id (default: id, else "
                        "the position in the file)")
     group.add_argument("--label-map", metavar="RAW=LABEL,...",
-                       help="what raw label values mean, e.g. 0=低自杀风险,1=高自杀风险; a value outside it is an error")
+                       help="what raw label values mean, e.g. 0=低自杀风险,1=高自杀风险 (a value outside it is an "
+                            "error)")
     group.add_argument("--columns", metavar="A,B,...",
                        help="names of a headerless file's columns, e.g. 高自杀风险,低自杀风险,text (one-hot flags)")
     group.add_argument("--encoding", help="text encoding (default: detected: BOM, UTF-8, else GB18030)")
@@ -83,7 +84,7 @@ def _how(part: dict | None) -> str:
     if not part:
         return "—"
     if "one_hot_columns" in part:
-        columns = ", ".join(f"{c}→{label}" for c, label in part["one_hot_columns"].items())
+        columns = ", ".join(c if c == label else f"{c}→{label}" for c, label in part["one_hot_columns"].items())
         return f"one-hot columns {columns} ({part['how']})"
     if "field_columns" in part:
         return f"columns {', '.join(part['field_columns'])} ({part['how']})"
@@ -111,19 +112,20 @@ def render_inspection(document: dict) -> str:
         lines.append(f"files: {len(source['files'])}")
     if source.get("columns"):
         lines.append("columns: " + ", ".join(source["columns"]))
-    if source.get("mapping_given"):
-        lines.append("mapping given: " + json.dumps(source["mapping_given"], ensure_ascii=False))
+    for key, value in (source.get("mapping_given") or {}).items():
+        lines.append(f"mapping: {key} = {json.dumps(value, ensure_ascii=False)} (from {source['mapping_from'][key]})")
     for schema in document["schemas"]:
-        lines.append(f"rows read as {schema['shape']} ({schema['rows']}): post {_how(schema.get('text')) if schema.get('text') else 'from the turns'}; "
+        post = _how(schema["text"]) if schema.get("text") else "the user turn"
+        lines.append(f"rows read as {schema['shape']} ({schema['rows']}): post {post}; "
                      f"label {_how(schema.get('label'))}; id {_how(schema.get('id'))}")
     for note in document["notes"]:
         lines.append(f"note: {note}")
     lines.append(f"posts: {document['posts']} ({document['labelled']} with a gold answer, "
                  f"{document['own_instruction']} with their own instruction)")
     if document["label_distribution"]:
-        total = sum(document["label_distribution"].values()) or 1
+        total = document["labelled"] or 1  # share of posts: multi-label shares need not add up to 100 %
         rows = [(label, n, f"{n / total:.1%}") for label, n in document["label_distribution"].items()]
-        lines.append(_table(rows, ["label", "posts", "share"]))
+        lines.append(_table(rows, ["label", "posts", "of labelled posts"]))
     if document["examples"]:
         rows = [(e["id"], e["line"], e["instruction"] or "(task's)", e["text"],
                  json.dumps(e["gold"], ensure_ascii=False) if e["gold"] is not None else "—")

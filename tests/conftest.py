@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 from typing import Sequence
 
 # Before anything builds a plugin manager: no installed third-party plugins in tests.
@@ -99,10 +100,15 @@ def pm():
     reset_plugin_manager()
 
 
+ABCD_TASK_FILE = Path(__file__).resolve().parents[1] / "examples" / "tasks" / "cognitive-pathway-abcd.yaml"
+
+
 @pytest.fixture(scope="session")
 def tasks():
-    """The built-in tasks by name."""
-    return PluginManager().tasks()
+    """The built-in tasks by name, plus ``cognitive-pathway-abcd``: the example extraction task file."""
+    from mentalglm.core.taskfile import load_task_file
+
+    return {**PluginManager().tasks(), "cognitive-pathway-abcd": load_task_file(ABCD_TASK_FILE)}
 
 
 @pytest.fixture(scope="session")

@@ -26,10 +26,12 @@ def test_tasks_json_lists_four_tasks_with_kind_and_labels():
     tasks = {t["name"]: t for t in json.loads(result.stdout)["tasks"]}
     assert {n: t["kind"] for n, t in tasks.items()} == {
         "depression": "single-label", "suicide-risk": "single-label",
-        "cognitive-distortion": "multi-label", "cognitive-pathway": "extraction"}
+        "cognitive-distortion": "multi-label", "cognitive-pathway": "hierarchical"}
     assert [l["name"] for l in tasks["suicide-risk"]["labels"]] == ["高自杀风险", "低自杀风险"]
     assert len(tasks["cognitive-distortion"]["labels"]) == 12
-    assert [f["name"] for f in tasks["cognitive-pathway"]["fields"]] == ["诱发事件", "信念", "结果", "反驳"]
+    parts = tasks["cognitive-pathway"]["labels"]
+    assert [p["name"] for p in parts] == ["触发性事件", "认知歪曲", "情绪反应", "驳斥"]
+    assert [len(p["children"]) for p in parts] == [5, 10, 2, 2]  # 19 sub-categories (Jiang et al. 2024)
 
 
 def test_plugins_json():

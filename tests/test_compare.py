@@ -175,8 +175,11 @@ def test_compare_human_output_is_a_table(runs):
     assert "answers differ on" in out and "高自杀风险" in out
 
 
-@pytest.mark.parametrize("task", ["cognitive-distortion", "cognitive-pathway"])
-def test_compare_multi_label_and_extraction_runs_with_themselves(tmp_path, capsys, task):
+@pytest.mark.parametrize("task", ["cognitive-distortion", "cognitive-pathway", "cognitive-pathway-abcd"])
+def test_compare_multi_label_hierarchical_and_extraction_runs_with_themselves(tmp_path, capsys, task):
+    abcd = Path(__file__).resolve().parents[1] / "examples" / "tasks" / "cognitive-pathway-abcd.yaml"
+    if task == "cognitive-pathway-abcd":
+        return _compare_extraction_run_with_itself(tmp_path, capsys, abcd)
     out = tmp_path / task
     code = main(["evaluate", "--task", task, "--data", f"sample:{task}", "--backend", "replay", "--model",
                  f"sample:{task}.outputs", "--output-dir", str(out), "--quiet", "--bootstrap", "200"])
@@ -184,17 +187,36 @@ def test_compare_multi_label_and_extraction_runs_with_themselves(tmp_path, capsy
     capsys.readouterr()
     assert main(["compare", str(out), str(out), "--json", "--bootstrap", "200"]) == 0
     document = json.loads(capsys.readouterr().out)
-    assert document["kind"] == ("multi-label" if task == "cognitive-distortion" else "extraction")
+    assert document["kind"] == ("multi-label" if task == "cognitive-distortion" else "hierarchical")
     assert all(row["delta"] == 0 and row["low"] == row["high"] == 0 for row in document["metrics"].values())
     assert document["disagreements"]["count"] == 0
-    if task == "cognitive-distortion":
-        assert document["mcnemar"]["p_value"] == 1.0
-        assert all(k is None or k == pytest.approx(1.0) for k in document["kappa"]["per_label"].values())
-        assert document["kappa"]["value"] == pytest.approx(1.0)
-    else:
-        assert document["mcnemar"]["p_value"] is None and "skipped" in document["mcnemar"]["note"]
-        assert document["kappa"]["value"] is None and set(document["per_label"]["labels"]) == {
-            "诱发事件", "信念", "结果", "反驳"}
+    assert document["mcnemar"]["p_value"] == 1.0
+    assert all(k is None or k == pytest.approx(1.0) for k in document["kappa"]["per_label"].values())
+    assert document["kappa"]["value"] == pytest.approx(1.0)
+    if task == "cognitive-pathway":
+        assert set(document["per_label"]["labels"]) == {"触发性事件", "认知歪曲", "情绪反应", "驳斥"}
+
+
+def _compare_extraction_run_with_itself(tmp_path, capsys, abcd):
+    data = tmp_path / "abcd.jsonl"
+    outputs = tmp_path / "abcd.outputs.jsonl"
+    gold = {"诱发事件": "被骂", "信念": "我没用", "结果": "哭", "反驳": "无"}
+    data.write_text("".join(json.dumps({"id": str(i), "text": "帖子", "label": gold}, ensure_ascii=False) + "\n"
+                            for i in range(6)), encoding="utf-8")
+    outputs.write_text("".join(json.dumps({"id": str(i), "output": "诱发事件：被骂\n信念：我没用\n结果：哭\n反驳：无"
+                                           if i % 2 else "诱发事件：被骂\n信念：我很好"}, ensure_ascii=False) + "\n"
+                               for i in range(6)), encoding="utf-8")
+    out = tmp_path / "abcd-run"
+    assert main(["evaluate", "--task", str(abcd), "--data", str(data), "--backend", "replay", "--model",
+                 str(outputs), "--output-dir", str(out), "--quiet", "--bootstrap", "200"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(out), str(out), "--task", str(abcd), "--json", "--bootstrap", "200"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["kind"] == "extraction"
+    assert all(row["delta"] == 0 and row["low"] == row["high"] == 0 for row in document["metrics"].values())
+    assert document["mcnemar"]["p_value"] is None and "skipped" in document["mcnemar"]["note"]
+    assert document["kappa"]["value"] is None and set(document["per_label"]["labels"]) == {
+        "诱发事件", "信念", "结果", "反驳"}
 
 
 def _one_line_error(result, *words):

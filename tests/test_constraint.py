@@ -24,10 +24,18 @@ import pytest
     ("cognitive-distortion", "标签：读心术，", False, False),
     ("cognitive-distortion", "标签：" + "、".join(["放大"] * 12), True, False),
     ("cognitive-distortion", "标签：" + "、".join(["放大"] * 13), False, False),
-    ("cognitive-pathway", "诱发事件：考试没考好\n信念：我完了\n结果：失眠\n反驳：无\n解释：x", True, True),
-    ("cognitive-pathway", "诱发事件：考试没考好\n信", True, False),
-    ("cognitive-pathway", "诱发事件：\n", False, False),
-    ("cognitive-pathway", "信念：我完了", False, False),
+    ("cognitive-pathway-abcd", "诱发事件：考试没考好\n信念：我完了\n结果：失眠\n反驳：无\n解释：x", True, True),
+    ("cognitive-pathway-abcd", "诱发事件：考试没考好\n信", True, False),
+    ("cognitive-pathway-abcd", "诱发事件：\n", False, False),
+    ("cognitive-pathway-abcd", "信念：我完了", False, False),
+    ("cognitive-pathway", "触发性事件：学习工作｜考试没考好\n认知歪曲：以偏概全、乱贴标签｜我完了\n情绪反应：无\n"
+                          "驳斥：有效驳斥｜只是一次\n解释：x", True, True),
+    ("cognitive-pathway", "触发性事件：学习工作｜考试没考好\n认知歪曲：以偏", True, False),
+    ("cognitive-pathway", "触发性事件：无\n认知歪曲：无\n情绪反应：无\n驳斥：无\n解释：", True, True),
+    ("cognitive-pathway", "触发性事件：学习工作\n", False, False),  # sub-labels need a summary
+    ("cognitive-pathway", "触发性事件：以偏概全｜x", False, False),  # a sub-label of another part
+    ("cognitive-pathway", "认知歪曲：无", False, False),  # parts come in order
+    ("cognitive-pathway", "触发性事件：" + "、".join(["生活"] * 6), False, False),
 ])
 def test_prefix_language(tasks, task_name, text, allowed, free):
     fmt = tasks[task_name].response_format()
@@ -47,7 +55,8 @@ def test_half_characters_are_allowed_prefixes(tasks):
 def test_constrained_answers_parse_back(tasks):
     for name, answer in (("depression", "标签：非抑郁\n解释：x"),
                          ("cognitive-distortion", "标签：读心术、放大\n解释：x"),
-                         ("cognitive-pathway", "诱发事件：a\n信念：b\n结果：c\n反驳：无\n解释：x")):
+                         ("cognitive-pathway-abcd", "诱发事件：a\n信念：b\n结果：c\n反驳：无\n解释：x"),
+                         ("cognitive-pathway", "触发性事件：生活｜a\n认知歪曲：无\n情绪反应：行为效应｜c\n驳斥：无\n解释：x")):
         task = tasks[name]
         assert task.response_format().in_free_text(answer.encode())
         assert task.parse(answer).valid
@@ -58,5 +67,8 @@ def test_gbnf_mentions_every_label_and_the_shape(tasks):
     assert grammar.startswith('root ::= "标签：" (label ("、" label){0,11} | "无") "\\n解释：" free')
     for label in tasks["cognitive-distortion"].label_names:
         assert f'"{label}"' in grammar
+    abcd = tasks["cognitive-pathway-abcd"].response_format().gbnf()
+    assert 'root ::= "诱发事件：" line "\\n信念：" line' in abcd
     pathway = tasks["cognitive-pathway"].response_format().gbnf()
-    assert 'root ::= "诱发事件：" line "\\n信念：" line' in pathway
+    assert pathway.startswith('root ::= "触发性事件：" (part1 ("、" part1){0,4} "｜" line | "无") "\\n认知歪曲：" (part2')
+    assert 'part4 ::= "习惯性驳斥" | "有效驳斥"' in pathway

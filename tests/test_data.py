@@ -60,7 +60,7 @@ def test_multi_label_and_extraction_gold(tmp_path, tasks):
                                                                                  ("读心术", "先知错误")]
     fields = {"诱发事件": "被骂", "信念": "我没用", "结果": "哭", "反驳": "无"}
     path = write(tmp_path / "e.jsonl", json.dumps({"text": "x", "label": fields}, ensure_ascii=False))
-    assert read_posts(path, tasks["cognitive-pathway"])[0].gold == fields
+    assert read_posts(path, tasks["cognitive-pathway-abcd"])[0].gold == fields
 
 
 @pytest.mark.parametrize("name, content, message", [

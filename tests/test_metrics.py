@@ -111,7 +111,7 @@ def test_rouge_l_known_values():
 
 
 def test_extraction_metrics_average_fields_and_zero_invalid(tasks):
-    task = tasks["cognitive-pathway"]
+    task = tasks["cognitive-pathway-abcd"]
     gold = [{"诱发事件": "被骂", "信念": "我没用", "结果": "哭", "反驳": "无"}] * 2
     good = task.parse("诱发事件：被骂\n信念：我没用\n结果：哭\n反驳：无")
     bad = task.parse("抱歉")

@@ -104,7 +104,7 @@ def test_multi_label_explicit_none_is_valid_and_empty(tasks):
 
 
 def test_extraction_fields(tasks):
-    task = tasks["cognitive-pathway"]
+    task = tasks["cognitive-pathway-abcd"]
     parsed = task.parse("诱发事件：期末考试没考好\n**信念**: 我什么都做不好\n"
                         "结果：整晚失眠\n反驳：无\n解释：典型的以偏概全。")
     assert parsed.valid
@@ -135,7 +135,7 @@ def test_response_format_render_round_trips(tasks):
         text = task.response_format().render(answer, "因为……")
         parsed = task.parse(text)
         assert parsed.labels == tuple(answer) and parsed.explanation == "因为……"
-    pathway = tasks["cognitive-pathway"]
+    pathway = tasks["cognitive-pathway-abcd"]
     fields = {"诱发事件": "被批评", "信念": "我很差", "结果": "哭了", "反驳": ""}
     assert pathway.gold_from_output(pathway.response_format().render(fields)) == {**fields, "反驳": "无"}
 

@@ -128,7 +128,26 @@ def _extraction_run(seed: int, n: int):
     return task, golds, responses
 
 
-RUNS = {"single-label": _single_label_run, "multi-label": _multi_label_run, "extraction": _extraction_run}
+def _hierarchical_run(seed: int, n: int):
+    from mentalglm.core.plugins import PluginManager
+
+    task = PluginManager(load_entry_points=False).task("cognitive-pathway")
+    rng = random.Random(seed)
+    leaves, words = list(task.label_names), "我今天考试失败了觉得自己很没用一切都完了"
+
+    def answer():
+        labels = tuple(x for x in leaves if rng.random() < 0.15)
+        return {"labels": labels, "summaries": {part: "".join(rng.sample(words, rng.randint(0, 5)))
+                                                for part in task.part_names}}
+
+    golds = [answer() for _ in range(n)]
+    responses = [ParsedResponse((), "", False, "x", {}) if rng.random() < 0.1 else
+                 ParsedResponse(a["labels"], "", True, None, a["summaries"]) for a in (answer() for _ in range(n))]
+    return task, golds, responses
+
+
+RUNS = {"single-label": _single_label_run, "multi-label": _multi_label_run, "extraction": _extraction_run,
+        "hierarchical": _hierarchical_run}
 
 
 @pytest.mark.parametrize("kind", RUNS)

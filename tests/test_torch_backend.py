@@ -99,7 +99,7 @@ def test_checkpoint_generation_settings_do_not_leak(glm, tiny_models, tmp_path, 
 def test_batched_equals_one_by_one(glm, plugins, chat):
     # Four prompts of different lengths, two formats and one unconstrained request in one batch.
     requests = (requests_for(plugins, chat, "depression", 2) + requests_for(plugins, chat, "suicide-risk", 1)
-                + requests_for(plugins, chat, "cognitive-distortion", 1, constrained=False))
+                + requests_for(plugins, chat, "cognitive-pathway", 1, constrained=False))
     assert len({glm.token_count(r.prompt) for r in requests}) == 4
     batched = glm.generate(requests)
     assert batched == [glm.generate([r])[0] for r in requests]

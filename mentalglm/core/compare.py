@@ -138,13 +138,17 @@ def _responses(task, run: EvaluationRun, ids: Sequence[str]) -> list:
     return [task.parse(run.predictions[i].get("output") or "", strict=strict) for i in ids]
 
 
+#: Task kinds whose answer is a set of labels (a hierarchical answer's summaries are not compared).
+_LABEL_SETS = ("multi-label", "hierarchical")
+
+
 def _answer(task, response) -> Any:
     """What a run answered for a post, comparable between runs (invalid is an answer of its own)."""
     if not response.valid:
         return INVALID
     if task.kind == "single-label":
         return response.labels[0]
-    if task.kind == "multi-label":
+    if task.kind in _LABEL_SETS:
         return frozenset(response.labels)
     return tuple(sorted((response.fields or {}).items())) if response.fields is not None else tuple(response.labels)
 
@@ -153,8 +157,8 @@ def _correct(task, gold, response) -> bool | None:
     """Per-post correctness for McNemar: the label (set) matches gold exactly; None where a task has none."""
     if task.kind == "single-label":
         return response.valid and response.labels[0] == gold[0]
-    if task.kind == "multi-label":
-        return response.valid and set(response.labels) == set(gold)
+    if task.kind in _LABEL_SETS:
+        return response.valid and set(response.labels) == set(gold["labels"] if isinstance(gold, dict) else gold)
     return None
 
 
@@ -178,7 +182,7 @@ def _kappa(task, responses_a, responses_b) -> dict:
         value = statistics.cohen_kappa([_answer(task, r) for r in responses_a], [_answer(task, r) for r in responses_b])
         note = None if value is not None else "undefined: both runs gave one and the same answer to every post"
         return {"value": value, "categories": [*task.label_names, INVALID], "note": note}
-    if task.kind == "multi-label":
+    if task.kind in _LABEL_SETS:
         per_label = {}
         for label in task.label_names:
             # Invalid answers count as naming no label, as scoring does.
@@ -193,7 +197,7 @@ def _kappa(task, responses_a, responses_b) -> dict:
 
 
 def _per_label(metrics_a: dict, metrics_b: dict) -> tuple[str, dict]:
-    for table, score in (("per_label", "f1"), ("per_field", "rouge_l")):
+    for table, score in (("per_label", "f1"), ("per_field", "rouge_l"), ("per_part", "rougeL")):
         if table in metrics_a and table in metrics_b:
             return score, {name: {"a": row[score], "b": metrics_b[table][name][score],
                                   "delta": metrics_b[table][name][score] - row[score]}

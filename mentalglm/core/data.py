@@ -294,7 +294,8 @@ class DataSource:
             info["delimiter"] = first.dialect.describe()
         info["columns"] = list(self.columns) if self.columns else None
         info["mapping_given"] = self.mapping.describe()
-        info["notes"] = list(self.notes)
+        info["mapping_from"] = {key: self.mapping.where(key) for key in info["mapping_given"]}
+        info["notes"] = list(dict.fromkeys(self.notes))  # a folder of shards would repeat them
         return {k: v for k, v in info.items() if v is not None}
 
 
@@ -370,17 +371,22 @@ def open_source(spec: str | os.PathLike, mapping: DataMapping | None = None) -> 
         raise DataError(path, None, None, "is a directory, expected a file (a datasets folder is read as hf:FOLDER)")
     fmt = _file_format(path, mapping, notes)
     if fmt in ("parquet", "arrow"):
-        return DataSource(os.fspath(spec), fmt, [_columnar_part(path, fmt)], mapping, card, notes)
+        return DataSource(os.fspath(spec), fmt, [_columnar_part(path, fmt, mapping, notes)], mapping, card, notes)
     part, shown = _text_part(path, fmt, mapping, notes)
     return DataSource(os.fspath(spec), shown, [part], mapping, card, notes)
 
 
-def _columnar_part(path: Path, fmt: str) -> _Part:
+def _columnar_part(path: Path, fmt: str, mapping: DataMapping, notes: list[str]) -> _Part:
     from .columnar import arrow_columns, parquet_columns
 
     if not path.is_file():
         raise DataError(path, None, None, "no such file")
     columns = parquet_columns(path) if fmt == "parquet" else arrow_columns(path)
+    if mapping.columns:
+        raise MentalGLMError(f"{mapping.where('columns')} names the columns of a headerless delimited file; "
+                             f"{path} is {fmt.capitalize()} with named columns ({', '.join(columns)})")
+    if mapping.encoding:
+        notes.append(f"{mapping.where('encoding')} has no effect on {fmt.capitalize()} (its strings are UTF-8)")
     return _Part(path, fmt, columns=tuple(columns))
 
 
@@ -398,9 +404,11 @@ def _hf_source(spec: str, mapping: DataMapping, card: str | None, notes: list[st
         fmt = _file_format(path, mapping, notes)
         if fmt in ("parquet", "arrow"):
             require_pyarrow("Parquet" if fmt == "parquet" else "Arrow files")
-            parts.append(_columnar_part(path, fmt))
+            parts.append(_columnar_part(path, fmt, mapping, notes))
         else:
             parts.append(_text_part(path, {"jsonl": "json"}.get(fmt, fmt), mapping, notes)[0])
+    if not parts:
+        raise DataError(spec, None, None, "the dataset lists no data files")
     fmt = parts[0].format if parts[0].format != "json" else _json_layout(parts[0].path, parts[0].encoding)
     if len(parts) > 1:
         notes.append(f"{len(parts)} files are read in order: {', '.join(p.path.name for p in parts[:4])}"

@@ -21,7 +21,7 @@ from typing import Any
 from .data import DataSource, iter_posts, iter_records, open_source
 from .errors import DataError, MentalGLMError
 from .mapping import DataMapping
-from .schema import RowReader, gold_as_json
+from .schema import RowReader, gold_as_json, gold_labels
 
 DEFAULT_EXAMPLES = 5
 DEFAULT_MAX_PROBLEMS = 50
@@ -62,7 +62,7 @@ def shorten(text: str, limit: int) -> str:
 
 def _conversation_notes(tally: dict, posts_without_instruction: int) -> list[str]:
     notes = []
-    for schema, rows in tally.items():
+    for schema in tally:
         if schema.shape in ("chat", "sharegpt") and posts_without_instruction:
             turn = "user" if schema.shape == "chat" else "human"
             notes.append(f"{posts_without_instruction} conversation(s) have no system turn: the whole {turn} turn is "
@@ -104,8 +104,9 @@ def inspect_data(spec: str | os.PathLike, task, mapping: DataMapping | None = No
         own_instruction += post.instruction is not None
         if post.gold is not None:
             labelled += 1
-            if isinstance(post.gold, tuple):
-                for label in post.gold or (NO_LABEL,):
+            labels = gold_labels(post.gold)
+            if labels is not None:
+                for label in labels or (NO_LABEL,):
                     distribution[label] = distribution.get(label, 0) + 1
         if len(shown) < examples:
             shown.append({"id": post.id, "line": post.line,

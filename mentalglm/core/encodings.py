@@ -49,10 +49,10 @@ class Encoding:
         return f"{self.name} ({self.how})"
 
 
-def _head(path: Path, size: int = SNIFF_BYTES) -> bytes:
+def _head(path: Path, size: int | None = None) -> bytes:
     try:
         with open(path, "rb") as handle:
-            return handle.read(size)
+            return handle.read(SNIFF_BYTES if size is None else size)
     except FileNotFoundError:
         raise DataError(path, None, None, "no such file") from None
     except IsADirectoryError:
@@ -189,7 +189,7 @@ def read_text(path: str | Path, encoding: Encoding) -> str:
             raise decode_error(path, encoding) from None
 
 
-def head_text(path: str | Path, encoding: Encoding, size: int = SNIFF_BYTES) -> str:
+def head_text(path: str | Path, encoding: Encoding, size: int = 1 << 16) -> str:
     """The decoded start of ``path`` (up to ``size`` bytes, cut at a character boundary), for sniffing formats."""
     data = _head(Path(path), size)
     decoder = codecs.getincrementaldecoder(encoding.codec)()

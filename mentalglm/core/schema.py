@@ -373,9 +373,27 @@ class RowReader:
 
 
 def gold_as_json(gold: Any, task) -> Any:
-    """A gold answer as a post file writes it: a label (single-label), a list (multi-label), fields (extraction)."""
+    """A gold answer as a post file's ``label`` writes it, so reading it back gives the same gold.
+
+    A label (single-label), a list (multi-label), an object of fields (extraction), or for
+    hierarchical tasks an object of parts, each ``{"labels": [...], "summary": "..."}``.
+    """
     if gold is None:
         return None
     if isinstance(gold, tuple):
         return list(gold) if getattr(task, "multi_label", False) else (gold[0] if gold else None)
+    parent_of = getattr(task, "parent_of", None)
+    if parent_of is not None and isinstance(gold, Mapping) and "labels" in gold:
+        summaries = gold.get("summaries") or {}
+        return {part: {"labels": [label for label in gold["labels"] if parent_of.get(label) == part],
+                       "summary": summaries.get(part, "")} for part in task.part_names}
     return dict(gold) if isinstance(gold, Mapping) else gold
+
+
+def gold_labels(gold: Any) -> tuple[str, ...] | None:
+    """The labels a gold answer names (hierarchical: its sub-labels), None when it names fields only."""
+    if isinstance(gold, tuple):
+        return gold
+    if isinstance(gold, Mapping) and isinstance(gold.get("labels"), tuple):
+        return gold["labels"]
+    return None

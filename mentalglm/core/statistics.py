@@ -306,6 +306,43 @@ def _extraction_engine(task, golds, responses) -> Engine | None:
     return engine
 
 
+def _hierarchical_engine(task, golds, responses) -> Engine | None:
+    """Per-post counts of both levels and per-post summary ROUGE → :func:`~mentalglm.core.metrics.hierarchical_metrics`."""
+    import numpy as np
+
+    from .task import HierarchicalTask
+
+    if not isinstance(task, HierarchicalTask) or type(task).compute_metrics is not HierarchicalTask.compute_metrics:
+        return None
+    parent_of, parts = task.parent_of, task.part_names
+    rows = []
+    for g, r in zip(golds, responses):
+        truth2, guess2 = set(g["labels"]), set(r.labels) if r.valid else set()
+        truth1, guess1 = {parent_of[x] for x in truth2}, {parent_of[x] for x in guess2}
+        predicted = dict(r.fields or {}) if r.valid else {}
+        rouge = [_metrics.summary_rouge([predicted.get(part, "")], [g["summaries"].get(part, "")], [not r.valid])
+                 for part in parts]
+        rows.append([not r.valid,
+                     len(truth1 & guess1), len(truth1), len(guess1), len(truth2 & guess2), len(truth2), len(guess2),
+                     *(sum(scores[name] for scores in rouge) / len(parts) for name in ("rouge1", "rouge2", "rougeL"))])
+    table = np.array(rows, dtype=float)
+
+    def engine(block) -> dict:
+        sums = _weights(block) @ table
+        out = {"invalid_rate": sums[:, 0] / block.shape[1]}
+        levels = {"level1": sums[:, 1:4], "level2": sums[:, 4:7], "overall": sums[:, 1:4] + sums[:, 4:7]}
+        for level, (tp, truth, guess) in ((k, v.T) for k, v in levels.items()):
+            name = {"level1": "level1_micro_f1", "level2": "level2_micro_f1", "overall": "hierarchical_f1"}[level]
+            out[name] = _ratio(2 * tp, truth + guess)
+            out[f"{level}_precision"] = _ratio(tp, guess)
+            out[f"{level}_recall"] = _ratio(tp, truth)
+        for offset, name in enumerate(("rouge1", "rouge2", "rougeL")):
+            out[name] = sums[:, 7 + offset] / block.shape[1]
+        return out
+
+    return engine
+
+
 def _generic_engine(task, golds, responses, names: Sequence[str]) -> Engine:
     """Calls the task's own ``compute_metrics`` on every resample: slow, right for any task."""
     import numpy as np
@@ -322,7 +359,7 @@ def _generic_engine(task, golds, responses, names: Sequence[str]) -> Engine:
     return engine
 
 
-_FAST_ENGINES = (_single_label_engine, _multi_label_engine, _extraction_engine)
+_FAST_ENGINES = (_single_label_engine, _multi_label_engine, _extraction_engine, _hierarchical_engine)
 
 
 def replicate_engine(task, golds: Sequence[Any], responses: Sequence[Any], names: Sequence[str],

@@ -1,7 +1,8 @@
 """Tasks: what to ask the model, which labels exist, how to read its answer, how to score it.
 
-Three kinds cover C-IMHI: ``single-label`` (depression, suicide risk), ``multi-label``
-(cognitive distortions) and ``extraction`` (cognitive pathway: named text fields). Every task
+Four kinds: ``single-label`` (depression, suicide risk), ``multi-label`` (cognitive
+distortions), ``hierarchical`` (cognitive pathways: parts with sub-labels and a summary each,
+Jiang et al. 2024) and ``extraction`` (named text fields). Every task
 answers with a label line and an explanation, and parses free model text tolerantly: when
 nothing usable is found the response is *invalid* — kept, counted, never mapped to a default.
 """
@@ -23,7 +24,7 @@ LABEL_HEADERS = ("标签", "标注", "类别", "分类", "分类结果", "判断
 EXPLANATION_HEADERS = ("解释", "理由", "推理", "原因", "分析", "依据", "判断依据", "说明",
                        "explanation", "reason", "reasons", "reasoning", "rationale", "analysis")
 
-KINDS = ("single-label", "multi-label", "extraction")
+KINDS = ("single-label", "multi-label", "extraction", "hierarchical")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -465,3 +466,163 @@ class ExtractionTask(Task):
         predicted = [dict(r.fields or {}) if r.valid else {} for r in responses]
         return _metrics.extraction_metrics(golds, predicted, self.field_names,
                                            [not r.valid for r in responses])
+
+
+class HierarchicalTask(Task):
+    """Two-level labels with a summary per top-level part: the cognitive pathways of Jiang et al. (2024).
+
+    Each *part* (触发性事件, 认知歪曲, 情绪反应, 驳斥) has sub-labels; a post's answer names, per
+    part, the sub-labels that apply and a one-sentence summary — ``认知歪曲：以偏概全｜我什么都做不好``
+    — or ``无``. Scored with micro-F1 at level 1 (the parts implied by the sub-labels), level 2
+    (the sub-labels) and overall (true/false positives and negatives pooled over both levels),
+    and ROUGE-1/2/L of the summaries at character level.
+
+    Args:
+        parts: the top-level labels, in answer order (their aliases are accepted as headers).
+        sub_labels: part name → its sub-labels (aliases accepted as answers).
+        empty_values: answers meaning "this part is absent" (``无``); the first is written.
+        **kwargs: see :class:`Task`.
+    """
+
+    kind = "hierarchical"
+
+    def __init__(self, *, parts: Sequence[Label], sub_labels: Mapping[str, Sequence[Label]],
+                 empty_values: Sequence[str] = ("无",), **kwargs):
+        kwargs.setdefault("primary_metric", "hierarchical_f1")
+        super().__init__(**kwargs)
+        self.parts = tuple(parts)
+        names = [part.name for part in self.parts]
+        if not names or len(set(names)) != len(names):
+            raise ValueError(f"task {self.name!r} needs distinct top-level labels (parts)")
+        unknown = [parent for parent in sub_labels if parent not in names]
+        if unknown:
+            raise ValueError(f"task {self.name!r}: parent {unknown[0]!r} is not a top-level label")
+        self.sub_labels = {name: tuple(sub_labels.get(name, ())) for name in names}
+        empty = [name for name, subs in self.sub_labels.items() if not subs]
+        if empty:
+            raise ValueError(f"task {self.name!r}: top-level label {empty[0]!r} has no sub-labels")
+        leaves = [label.name for subs in self.sub_labels.values() for label in subs]
+        if len(set(leaves) | set(names)) != len(leaves) + len(names):
+            raise ValueError(f"task {self.name!r} lists a label twice")
+        self.parent_of = {label.name: part for part, subs in self.sub_labels.items() for label in subs}
+        self.empty_values = tuple(empty_values)
+        self.matchers = {part: LabelMatcher.build([(l.name, l.name) for l in subs]
+                                                  + [(a, l.name) for l in subs for a in l.aliases])
+                         for part, subs in self.sub_labels.items()}
+
+    @property
+    def part_names(self) -> tuple[str, ...]:
+        """The top-level labels, in answer order."""
+        return tuple(part.name for part in self.parts)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        """Every sub-label, part by part."""
+        return tuple(label.name for subs in self.sub_labels.values() for label in subs)
+
+    def describe(self) -> dict:
+        """JSON-ready description including the parts and their sub-labels."""
+        info = super().describe()
+        info["labels"] = [{"name": part.name, "description": part.description, "aliases": list(part.aliases),
+                           "children": [{"name": l.name, "description": l.description, "aliases": list(l.aliases)}
+                                        for l in self.sub_labels[part.name]]} for part in self.parts]
+        return info
+
+    def response_format(self) -> ResponseFormat:
+        """One ``part：sub-labels｜summary`` (or ``part：无``) line per part, then ``\n解释：`` + free text."""
+        return ResponseFormat(self.kind, parts=tuple((name, tuple(l.name for l in self.sub_labels[name]))
+                                                     for name in self.part_names),
+                              explanation_prefix=self.explanation_prefix, empty_value=self.empty_values[0])
+
+    def _headers(self) -> dict[str, tuple[str, ...]]:
+        headers = {part.name: (part.name, *part.aliases) for part in self.parts}
+        headers["explanation"] = (self.explanation_prefix, *EXPLANATION_HEADERS)
+        return headers
+
+    def _is_empty(self, text: str) -> bool:
+        key = fold(text).strip(" .。!")
+        return not key or any(key == fold(value) for value in self.empty_values)
+
+    def parse(self, text: str, *, strict: bool = False) -> ParsedResponse:
+        """Read each part's sub-labels and summary; invalid when the answer names none of the parts.
+
+        Parts are always read from their own header lines, so ``strict`` changes nothing here.
+        """
+        norm = normalize(text or "")
+        if not norm.text.strip():
+            return ParsedResponse((), "", False, "empty response", {})
+        _, sections = split_sections(norm.text, self._headers())
+        explanation = next((norm.original(s.start, s.end) for s in sections if s.kind == "explanation"), "")
+        found = {s.kind: s for s in sections if s.kind != "explanation"}
+        if not found:
+            return ParsedResponse((), explanation, False, f"none of the parts {', '.join(self.part_names)} found", {})
+        chosen: set[str] = set()
+        summaries = {}
+        for part, section in found.items():
+            bar = norm.text.find("|", section.start, section.end)
+            head_end = bar if bar != -1 else section.end
+            label_text = norm.text[section.start:head_end]
+            summary_span = (bar + 1, section.end) if bar != -1 else (section.start, section.end)
+            summary = " ".join(norm.original(*summary_span).split())
+            if bar == -1 and self._is_empty(label_text):
+                summaries[part] = ""
+                continue
+            chosen.update(self.matchers[part].labels_in(label_text))
+            summaries[part] = "" if self._is_empty(summary) else summary
+        labels = tuple(name for name in self.label_names if name in chosen)
+        fields = {part: summaries.get(part, "") for part in self.part_names}
+        return ParsedResponse(labels, explanation, True, None, fields, label_line=True)
+
+    def gold_from_output(self, output: str) -> dict:
+        """Gold sub-labels and summaries from a C-IMHI output; every part must be present (``无`` for none)."""
+        parsed = self.parse(output)
+        if not parsed.valid:
+            raise ValueError(parsed.problem)
+        _, sections = split_sections(normalize(output).text, self._headers())
+        missing = [name for name in self.part_names if name not in {s.kind for s in sections}]
+        if missing:
+            raise ValueError(f"missing parts {', '.join(missing)} (write '{self.empty_values[0]}' for none)")
+        return {"labels": parsed.labels, "summaries": dict(parsed.fields)}
+
+    def gold_from_value(self, value: Any) -> dict:
+        """Gold from a ``label`` value: sub-labels (a list or a ``、``-joined string), or an object
+        mapping each part to ``{"labels": [...], "summary": "..."}``."""
+        if isinstance(value, dict):
+            unknown = [k for k in value if k not in self.part_names]
+            if unknown:
+                raise ValueError(f"unknown part {unknown[0]!r} (parts: {', '.join(self.part_names)})")
+            labels, summaries = [], {}
+            for part in self.part_names:
+                entry = value.get(part) or {}
+                if not isinstance(entry, dict):
+                    raise ValueError(f"part {part!r}: expected an object with 'labels' and 'summary'")
+                labels += [self._sub_label(piece, part) for piece in entry.get("labels") or ()]
+                summaries[part] = str(entry.get("summary") or "")
+            return {"labels": tuple(n for n in self.label_names if n in labels), "summaries": summaries}
+        if isinstance(value, str):
+            pieces = [p for p in LABEL_SEPARATORS.split(value) if p.strip()]
+        elif isinstance(value, list):
+            pieces = value
+        else:
+            raise ValueError(f"expected sub-labels or an object of parts, got {type(value).__name__}")
+        chosen = {self._sub_label(piece) for piece in pieces if not self._is_empty(str(piece))}
+        return {"labels": tuple(n for n in self.label_names if n in chosen),
+                "summaries": {part: "" for part in self.part_names}}
+
+    def _sub_label(self, piece: Any, part: str | None = None) -> str:
+        if not isinstance(piece, str):
+            raise ValueError(f"expected label strings, got {type(piece).__name__}")
+        for name in ([part] if part else self.part_names):
+            label = self.matchers[name].lookup(piece)
+            if label is not None:
+                return label
+        where = f"of part '{part}'" if part else f"of task '{self.name}'"
+        raise ValueError(f"'{piece.strip()}' is not a sub-label {where} (allowed: {', '.join(self.label_names)})")
+
+    def compute_metrics(self, golds, responses) -> dict:
+        """Hierarchical micro-F1 (level 1, level 2, overall) and summary ROUGE-1/2/L; invalid answers score 0."""
+        predicted = [r.labels if r.valid else () for r in responses]
+        summaries = [dict(r.fields or {}) if r.valid else {} for r in responses]
+        return _metrics.hierarchical_metrics([g["labels"] for g in golds], predicted, self.parent_of,
+                                             [g["summaries"] for g in golds], summaries, self.part_names,
+                                             [not r.valid for r in responses])

@@ -3,7 +3,7 @@
 A classification task file::
 
     name: stress
-    kind: single-label            # or multi-label, extraction
+    kind: single-label            # or multi-label, hierarchical, extraction
     description: Is the poster under acute stress?
     instruction: |-
       判断下面这条帖子的发帖者是否处于急性压力之下。请按以下格式回答：
@@ -16,7 +16,9 @@ A classification task file::
       - 无压力                     # a bare name is a label without aliases
     primary_metric: weighted_f1
 
-Extraction tasks list ``fields`` (same shape as labels) instead of ``labels``.
+Extraction tasks list ``fields`` (same shape as labels) instead of ``labels``. Hierarchical
+tasks give some labels a ``parent``: labels without one are the top level (a pathway's parts),
+the others their sub-labels.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MentalGLMError
-from .task import ExtractionTask, Field, Label, MultiLabelTask, SingleLabelTask, Task
+from .task import ExtractionTask, Field, HierarchicalTask, Label, MultiLabelTask, SingleLabelTask, Task
 
 #: Keys a task file may contain.
 TASK_FILE_KEYS = frozenset({
@@ -67,7 +69,8 @@ def _read_mapping(path: Path) -> dict:
     return data
 
 
-def _items(path: Path, key: str, raw: Any, cls):
+def _items(path: Path, key: str, raw: Any, cls, parents: dict | None = None):
+    """Labels or fields from a task file list; with ``parents``, each item's ``parent`` is collected there."""
     if not isinstance(raw, list) or not raw:
         raise TaskFileError(f"{path}: field '{key}': expected a non-empty list")
     items = []
@@ -76,9 +79,14 @@ def _items(path: Path, key: str, raw: Any, cls):
             entry = {"name": entry}
         if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
             raise TaskFileError(f"{path}: field '{key}' item {i}: expected a name or a mapping with 'name'")
-        extra = set(entry) - {"name", "aliases", "description"}
+        extra = set(entry) - {"name", "aliases", "description"} - ({"parent"} if parents is not None else set())
         if extra:
-            raise TaskFileError(f"{path}: field '{key}' item {i}: unknown keys {', '.join(sorted(extra))}")
+            hint = " ('parent' needs kind: hierarchical)" if "parent" in extra else ""
+            raise TaskFileError(f"{path}: field '{key}' item {i}: unknown keys {', '.join(sorted(extra))}{hint}")
+        if parents is not None and entry.get("parent") is not None:
+            if not isinstance(entry["parent"], str) or not entry["parent"].strip():
+                raise TaskFileError(f"{path}: field '{key}' item {i}: 'parent' must be a label name")
+            parents[entry["name"].strip()] = entry["parent"].strip()
         aliases = entry.get("aliases") or []
         if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
             raise TaskFileError(f"{path}: field '{key}' item {i}: 'aliases' must be a list of strings")
@@ -116,6 +124,18 @@ def task_from_mapping(data: dict, source: str = "<mapping>") -> Task:
                 return SingleLabelTask(labels=labels, report_label_f1=report, **common)
             return MultiLabelTask(labels=labels, none_aliases=tuple(data.get("none_aliases") or ()),
                                   report_label_f1=report, **common)
+        if kind == "hierarchical":
+            if "fields" in data:
+                raise TaskFileError(f"{source}: field 'fields': hierarchical tasks have labels with parents")
+            parents: dict[str, str] = {}
+            labels = _items(path, "labels", data.get("labels"), Label, parents)
+            top = [label for label in labels if label.name not in parents]
+            subs: dict[str, list[Label]] = {}
+            for label in labels:
+                if label.name in parents:
+                    subs.setdefault(parents[label.name], []).append(label)
+            return HierarchicalTask(parts=top, sub_labels=subs,
+                                    empty_values=tuple(data.get("empty_values") or ("无",)), **common)
         if kind == "extraction":
             if "labels" in data:
                 raise TaskFileError(f"{source}: field 'labels': extraction tasks have fields, not labels")
@@ -123,7 +143,8 @@ def task_from_mapping(data: dict, source: str = "<mapping>") -> Task:
                                   empty_values=tuple(data.get("empty_values") or ("无",)), **common)
     except ValueError as exc:
         raise TaskFileError(f"{source}: {exc}") from None
-    raise TaskFileError(f"{source}: field 'kind': '{kind}' is not one of single-label, multi-label, extraction")
+    raise TaskFileError(f"{source}: field 'kind': '{kind}' is not one of single-label, multi-label, hierarchical, "
+                        "extraction")
 
 
 def load_task_file(path: str | Path) -> Task:
