@@ -34,7 +34,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Analyzer", "Backend", "BackendOptions", "ClassificationTask", "Completion", "DataError", "ExtractionTask",
-    "Field", "GenerationRequest", "HierarchicalTask", "Label", "MentalGLMError", "MultiLabelTask", "OptionsError", "ParsedResponse",
-    "PluginError", "PluginManager", "Post", "Prediction", "PromptStyle", "SingleLabelTask", "Task",
-    "UnknownNameError", "get_plugin_manager", "hookimpl", "load_task_file",
+    "Field", "GenerationRequest", "HierarchicalTask", "Label", "MentalGLMError", "MultiLabelTask", "OptionsError",
+    "ParsedResponse", "PluginError", "PluginManager", "Post", "Prediction", "PromptStyle", "SingleLabelTask",
+    "Task", "UnknownNameError", "get_plugin_manager", "hookimpl", "load_task_file",
 ]

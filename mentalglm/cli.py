@@ -162,7 +162,7 @@ def _print_prediction(prediction, response_format) -> None:
 
 def cmd_analyze(args) -> int:
     """Analyse posts given as arguments or in a file."""
-    from mentalglm.core.data import read_posts
+    from mentalglm.core.data import PostSource, read_posts
     from mentalglm.core.prediction import Post
 
     if args.text and args.input:
@@ -171,8 +171,12 @@ def cmd_analyze(args) -> int:
         raise MentalGLMError("no posts: give TEXT arguments or --input FILE")
     pm = _plugins()
     task = pm.task(args.task)
-    posts = (read_posts(args.input, task, data_mapping(args)) if args.input
-             else [Post(id=str(i), text=t) for i, t in enumerate(args.text, 1)])
+    if not args.input:
+        posts = [Post(id=str(i), text=t) for i, t in enumerate(args.text, 1)]
+    elif args.output:  # streamed: a file of millions of posts runs in flat memory
+        posts = PostSource(args.input, task, data_mapping(args))
+    else:  # printed to the terminal, so a list is fine
+        posts = read_posts(args.input, task, data_mapping(args))
     with _analyzer(args, task) as analyzer:
         if args.output:
             summary = analyzer.run(posts, args.output, progress=False if args.quiet else None, data=args.input,
@@ -187,7 +191,7 @@ def cmd_analyze(args) -> int:
                       f"{summary.invalid} invalid, {summary.without_label_line} read without a label line "
                       f"→ {summary.output}")
             return 0
-        analyzer.backend.preflight([p.id for p in posts])
+        analyzer.backend.preflight(p.id for p in posts)
         for prediction in analyzer.analyze_many(posts):
             if args.json and len(posts) == 1:
                 _print_json(prediction.to_dict())

@@ -252,3 +252,29 @@ def test_the_backend_is_checked_before_the_first_post(pm, tmp_path):
     backend = RecordingBackend()
     analyzer(pm, backend).run(POSTS, tmp_path / "p.jsonl")
     assert backend.preflighted == [["a", "b", "c"]]
+
+
+def test_a_streamed_source_runs_and_resumes_like_a_list(pm, tmp_path):
+    from mentalglm.core.data import PostSource, read_posts
+
+    data = tmp_path / "many.jsonl"
+    data.write_text("".join(json.dumps({"id": f"p{i}", "text": f"帖子{i}"}, ensure_ascii=False) + "\n"
+                            for i in range(3000)), encoding="utf-8")
+    source = PostSource(data, pm.task("depression"))
+    output = tmp_path / "p.jsonl"
+    first = analyzer(pm, RecordingBackend(), batch_size=64).run(source, output, data=data)
+    assert (first.total, first.analysed, first.skipped) == (3000, 3000, 0)
+    lines = output.read_text(encoding="utf-8").splitlines()
+    output.write_text("\n".join(lines[:1234]) + "\n" + lines[1234][:10], encoding="utf-8")  # killed mid-line
+    backend = RecordingBackend()
+    # The same data as a list resumes the streamed run: one digest for both.
+    again = analyzer(pm, backend, batch_size=64).run(read_posts(data, pm.task("depression")), output, data=data)
+    assert (again.analysed, again.skipped) == (3000 - 1234, 1234)
+    ids = [json.loads(line)["id"] for line in output.read_text(encoding="utf-8").splitlines()]
+    assert sorted(ids) == sorted(f"p{i}" for i in range(3000)) and len(ids) == len(set(ids))
+    assert [r.id for r in backend.requests][0] == "p1234"
+
+
+def test_a_one_shot_iterator_is_accepted(pm, tmp_path):
+    summary = analyzer(pm).run(iter(POSTS), tmp_path / "p.jsonl")
+    assert summary.analysed == 3

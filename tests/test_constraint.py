@@ -56,7 +56,8 @@ def test_constrained_answers_parse_back(tasks):
     for name, answer in (("depression", "标签：非抑郁\n解释：x"),
                          ("cognitive-distortion", "标签：读心术、放大\n解释：x"),
                          ("cognitive-pathway-abcd", "诱发事件：a\n信念：b\n结果：c\n反驳：无\n解释：x"),
-                         ("cognitive-pathway", "触发性事件：生活｜a\n认知歪曲：无\n情绪反应：行为效应｜c\n驳斥：无\n解释：x")):
+                         ("cognitive-pathway",
+                          "触发性事件：生活｜a\n认知歪曲：无\n情绪反应：行为效应｜c\n驳斥：无\n解释：x")):
         task = tasks[name]
         assert task.response_format().in_free_text(answer.encode())
         assert task.parse(answer).valid
@@ -70,5 +71,6 @@ def test_gbnf_mentions_every_label_and_the_shape(tasks):
     abcd = tasks["cognitive-pathway-abcd"].response_format().gbnf()
     assert 'root ::= "诱发事件：" line "\\n信念：" line' in abcd
     pathway = tasks["cognitive-pathway"].response_format().gbnf()
-    assert pathway.startswith('root ::= "触发性事件：" (part1 ("、" part1){0,4} "｜" line | "无") "\\n认知歪曲：" (part2')
+    assert pathway.startswith('root ::= "触发性事件：" (part1 ("、" part1){0,4} "｜" line | "无") '
+                              '"\\n认知歪曲：" (part2')
     assert 'part4 ::= "习惯性驳斥" | "有效驳斥"' in pathway

@@ -588,3 +588,21 @@ def test_hierarchical_gold_survives_convert(tmp_path, tasks, capsys):
     out = tmp_path / "cp.jsonl"
     assert main(["data", "convert", "sample:cognitive-pathway", "--task", "cognitive-pathway", "-o", str(out)]) == 0
     assert _seen(read_posts(out, task)) == _seen(read_posts("sample:cognitive-pathway", task))
+
+
+def test_fingerprint_covers_every_file_of_a_source(tmp_path):
+    pytest.importorskip("pyarrow", reason="Parquet needs pyarrow")
+    from mentalglm.core.files import file_sha256
+
+    single = tsv_named_csv_numeric_labels(tmp_path)
+    assert open_source(single.spec).fingerprint() == file_sha256(single.spec)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = hf_hub_layout_parquet(tmp_path)
+    train = folder.spec.rsplit(":", 1)[0] + ":train"
+    before, train_before = open_source(folder.spec).fingerprint(), open_source(train).fingerprint()
+    pq.write_table(pa.Table.from_pylist([{"text": "换了一条", "label": LOW}]),
+                   tmp_path / "repo" / "data" / "validation-00001-of-00002.parquet")  # the second shard only
+    assert open_source(folder.spec).fingerprint() != before
+    assert open_source(train).fingerprint() == train_before

@@ -57,7 +57,8 @@ def test_rendered_answers_parse_back_and_fit_the_grammar(tasks):
     task = tasks["cognitive-pathway"]
     fmt = task.response_format()
     answer = {"labels": ("社会关系", "妄下结论", "行为效应", "习惯性驳斥"),
-              "summaries": {"触发性事件": "朋友没回消息", "认知歪曲": "她讨厌我", "情绪反应": "删了好友", "驳斥": "也许她忙"}}
+              "summaries": {"触发性事件": "朋友没回消息", "认知歪曲": "她讨厌我", "情绪反应": "删了好友",
+                            "驳斥": "也许她忙"}}
     text = fmt.render(answer, "x")
     assert fmt.in_free_text(text.encode()) and task.gold_from_output(text) == {
         "labels": answer["labels"], "summaries": answer["summaries"]}
@@ -127,9 +128,9 @@ def test_a_hierarchical_task_file_with_parents(tmp_path):
 
 
 def test_sample_evaluation_reports_the_papers_metrics(tmp_path):
-    from conftest import run_cli
-
     import json
+
+    from conftest import run_cli
 
     result = run_cli("evaluate", "--task", "cognitive-pathway", "--data", "sample:cognitive-pathway", "--backend",
                      "replay", "--model", "sample:cognitive-pathway.outputs", "--output-dir", str(tmp_path), "--json")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 from pydantic import Field
 
@@ -53,9 +53,9 @@ class ReplayBackend(Backend):
         if not self._outputs:
             raise DataError(self.path, None, None, "no saved outputs found")
 
-    def preflight(self, post_ids: Sequence[str]) -> None:
+    def preflight(self, post_ids: Iterable[str]) -> None:
         """Refuse a run when any of its posts has no saved output, counting all of them."""
-        self._check([str(i) for i in post_ids])
+        self._check([str(i) for i in post_ids if str(i) not in self._outputs])
 
     def _check(self, ids: Sequence[str]) -> None:
         missing = [i for i in ids if i not in self._outputs]

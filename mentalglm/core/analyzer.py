@@ -19,7 +19,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from . import run_record
 from .backend import Backend, BackendOptions, GenerationRequest
-from .data import JsonlAppender, read_done
+from .data import JsonlAppender, read_done_ids
 from .errors import MentalGLMError
 from .plugins import PluginManager, get_plugin_manager
 from .prediction import Post, Prediction
@@ -51,6 +51,7 @@ class _Progress:
         self.enabled = bool(total) and (sys.stderr.isatty() if enabled is None else enabled)
 
     def advance(self, n: int) -> None:
+        """Count ``n`` more posts done and redraw."""
         self.done += n
         if not self.enabled:
             return
@@ -63,6 +64,7 @@ class _Progress:
         sys.stderr.flush()
 
     def finish(self) -> None:
+        """End the bar's line."""
         if self.enabled:
             sys.stderr.write("\n")
 
@@ -232,7 +234,7 @@ class Analyzer:
             self.plugins.notify_prediction(prediction, self.task)
             yield prediction
 
-    def run(self, posts: Sequence[Post], output: str | os.PathLike, progress: bool | None = None, *,
+    def run(self, posts: Sequence[Post] | Iterable[Post], output: str | os.PathLike, progress: bool | None = None, *,
             data: str | os.PathLike | None = None, record: str | os.PathLike | None = None,
             retry_hint: str = "use another output or delete it") -> RunSummary:
         """Analyse ``posts`` into a JSONL file, appending each prediction as it is made.
@@ -243,8 +245,13 @@ class Analyzer:
         those of the predictions already in ``output`` is refused, never mixed in.
         ``on_prediction`` fires for each new prediction after it is written and flushed.
 
+        Memory stays flat for any number of posts when ``posts`` is a re-iterable stream such as
+        :class:`~mentalglm.core.data.PostSource`: it is read once for the run record's digest, once
+        to check the backend can answer, and once to analyse; only the ids already done are kept.
+
         Args:
-            posts: the posts to analyse.
+            posts: the posts to analyse: a list, or a re-iterable stream (a one-shot iterator is
+                read into a list first).
             output: the JSONL file of predictions.
             progress: show a progress bar (default: when stderr is a terminal).
             data: the file the posts came from (its SHA-256 is recorded).
@@ -254,27 +261,31 @@ class Analyzer:
         Raises:
             MentalGLMError: the output holds predictions made with other settings or other data.
         """
-        done = read_done(output)
+        if iter(posts) is posts:  # a one-shot iterator cannot be read three times
+            posts = list(posts)
+        digest, total = posts.digest() if hasattr(posts, "digest") else (run_record.posts_digest(posts), len(posts))
+        done = read_done_ids(output)
         record = run_record.sidecar_path(output) if record is None else record
-        run_record.claim(record, {**self.settings(), **run_record.data_settings(posts, data)}, output=output,
+        run_record.claim(record, {**self.settings(), **run_record.data_settings(data, digest)}, output=output,
                          has_predictions=bool(done), retry_hint=retry_hint)
-        todo = [p for p in posts if p.id not in done]
+        skipped = len(done)  # the same data (the record says so): every id done is one of these posts
         if done:
-            log.info("resuming: %d of %d posts already in %s", len(posts) - len(todo), len(posts), output)
-        self.backend.preflight([p.id for p in todo])
-        invalid = without_label_line = 0
-        meter = _Progress(len(todo), progress)
+            log.info("resuming: %d of %d posts already in %s", skipped, total, output)
+        self.backend.preflight(p.id for p in posts if p.id not in done)
+        invalid = without_label_line = analysed = 0
+        meter = _Progress(total - skipped, progress)
         with JsonlAppender(output) as sink:
-            for prediction in self._batches(todo):
+            for prediction in self._batches(p for p in posts if p.id not in done):
                 sink.write(prediction.to_dict())
                 # Only now, with the record on disk: a crash cannot make a plugin see a post twice.
                 self.plugins.notify_prediction(prediction, self.task)
+                analysed += 1
                 invalid += not prediction.valid
                 without_label_line += prediction.valid and not prediction.label_line
                 meter.advance(1)
         meter.finish()
-        return RunSummary(total=len(posts), analysed=len(todo), skipped=len(posts) - len(todo),
-                          invalid=invalid, output=str(output), without_label_line=without_label_line)
+        return RunSummary(total=total, analysed=analysed, skipped=skipped, invalid=invalid, output=str(output),
+                          without_label_line=without_label_line)
 
     def close(self) -> None:
         """Close the backend if this Analyzer created it."""

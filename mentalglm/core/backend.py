@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -136,8 +136,8 @@ class Backend(ABC):
         return {"name": cls.name, "description": cls.description, "requires_model": cls.requires_model,
                 "capabilities": sorted(cls.capabilities), "options": options}
 
-    def preflight(self, post_ids: Sequence[str]) -> None:
-        """Check, before the first post of a run, that the backend can answer these posts.
+    def preflight(self, post_ids: Iterable[str]) -> None:
+        """Check, before the first post of a run, that the backend can answer these posts (streamed ids).
 
         Raises a one-line MentalGLMError when it cannot (``replay``: ids without saved output).
         """

@@ -25,6 +25,7 @@ Entry points: :func:`iter_posts` (streaming), :func:`read_posts` (a list, for sm
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from array import array
@@ -269,6 +270,20 @@ class DataSource:
     def columns(self) -> tuple[str, ...] | None:
         """Column names of a table (header, ``--columns`` or the Parquet/Arrow schema); None for JSON."""
         return self.parts[0].columns if self.parts else None
+
+    def fingerprint(self) -> str | None:
+        """SHA-256 over the card's and every data file's SHA-256, in order; None for a Hub dataset.
+
+        What a run that records its data by file (``train``) keeps for a spec that is a folder or a card.
+        """
+        if self.hub is not None:
+            return None
+        from .files import file_sha256
+
+        files = ([Path(self.card)] if self.card else []) + self.files
+        if len(files) == 1:
+            return file_sha256(files[0])  # the same value as for the file named directly
+        return hashlib.sha256("\n".join(file_sha256(f) for f in files).encode("ascii")).hexdigest()
 
     def rows(self) -> Iterator[tuple[Path | str, int, dict]]:
         """(file, line or row, row object) for every row of every file, streamed."""
@@ -786,30 +801,50 @@ def repair_torn_tail(path: Path) -> None:
         handle.truncate(data.rfind(b"\n") + 1)
 
 
-def read_done(path: str | os.PathLike) -> dict[str, dict]:
-    """Predictions already written to a JSONL output, by id (for resuming a run).
+def iter_done(path: str | os.PathLike) -> Iterator[dict]:
+    """The predictions already written to a JSONL output, streamed line by line (for resuming a run).
+
+    A torn last line (a write cut short by a kill) is skipped: that post is redone.
 
     Raises:
         DataError: a line in the middle of the file that is not a prediction object.
     """
     path = Path(path)
     if not path.exists():
-        return {}
-    done: dict[str, dict] = {}
-    text = _read_text(path)
-    lines = text.split("\n")
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except (json.JSONDecodeError, RecursionError):
-            if number == len(lines):  # torn last line: it is redone
-                break
-            raise DataError(path, number, None, "malformed JSON in an existing output; "
-                            "fix or remove the file to start over") from None
-        if not isinstance(obj, dict) or "id" not in obj:
-            raise DataError(path, number, "id", "missing in an existing output line")
-        done[str(obj["id"])] = obj
-    return done
+        return
+    with open(path, "rb") as handle:
+        for number, raw in enumerate(handle, 1):
+            torn = not raw.endswith(b"\n")
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError:
+                if torn:
+                    return
+                raise DataError(path, number, None, "not valid UTF-8 in an existing output; "
+                                "fix or remove the file to start over") from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                if torn:  # torn last line: it is redone
+                    return
+                raise DataError(path, number, None, "malformed JSON in an existing output; "
+                                "fix or remove the file to start over") from None
+            if not isinstance(obj, dict) or "id" not in obj:
+                raise DataError(path, number, "id", "missing in an existing output line")
+            yield obj
 
+
+def read_done(path: str | os.PathLike) -> dict[str, dict]:
+    """Predictions already written to a JSONL output, by id (evaluation scores them from disk).
+
+    Raises:
+        DataError: a line in the middle of the file that is not a prediction object.
+    """
+    return {str(obj["id"]): obj for obj in iter_done(path)}
+
+
+def read_done_ids(path: str | os.PathLike) -> set[str]:
+    """The ids already in a JSONL output: all a resumed run needs to keep, for any number of posts."""
+    return {str(obj["id"]) for obj in iter_done(path)}

@@ -33,9 +33,11 @@ class _Node:
     """A piece of the answer grammar; subclasses render it as GBNF and as a bytes regex."""
 
     def gbnf(self, rules: dict[str, str]) -> str:
+        """This piece as a GBNF expression; named rules it uses are added to ``rules``."""
         raise NotImplementedError
 
     def regex(self) -> bytes:
+        """This piece as a bytes regular expression over the answer's UTF-8 bytes."""
         raise NotImplementedError
 
 
@@ -180,7 +182,8 @@ class ResponseFormat:
         """``part：A、B｜summary``, or ``part：无`` for a part without sub-labels."""
         if not labels:
             return f"{self.field_head(part)}{self.empty_value}"
-        return f"{self.field_head(part)}{self.separator.join(labels)}{self.summary_separator}{summary or self.empty_value}"
+        named = self.separator.join(labels)
+        return f"{self.field_head(part)}{named}{self.summary_separator}{summary or self.empty_value}"
 
     def render(self, answer, explanation: str = "") -> str:
         """The answer text in this format — what fine-tuning teaches and constrained decoding accepts.

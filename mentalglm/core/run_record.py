@@ -47,14 +47,19 @@ def posts_digest(posts: Sequence[Post]) -> str:
     return hasher.hexdigest()
 
 
-def data_settings(posts: Sequence[Post], source: str | Path | None) -> dict:
-    """What identifies the data: its name, the SHA-256 of its file (when it is one), and of the posts read."""
+def data_settings(source: str | Path | None, posts_sha256: str) -> dict:
+    """What identifies the data: its name, the SHA-256 of its file (when it is one), and of the posts read.
+
+    Args:
+        source: the data as the user named it (a file, ``sample:NAME``, a card), or None.
+        posts_sha256: :func:`posts_digest` of the posts as read (mapping applied).
+    """
     from .data import resolve_path
 
-    path = resolve_path(source) if source is not None else None
+    path = resolve_path(source) if source is not None and not str(source).startswith("hf:") else None
     return {"data": None if source is None else str(source),
             "data_sha256": file_sha256(path) if path is not None and path.is_file() else None,
-            "posts_sha256": posts_digest(posts)}
+            "posts_sha256": posts_sha256}
 
 
 def _flatten(settings: dict, prefix: str = "") -> dict[str, Any]:

@@ -32,6 +32,7 @@ TEXT_NAMES = ("text", "post", "content", "comment", "内容", "微博", "微博�
               "评论", "sentence", "review")
 #: Column names taken for the gold label when no ``--label-field`` is given, by priority.
 LABEL_NAMES = ("label", "labels", "标签", "类别")
+_MAX_SCHEMAS = 256
 _TRUE = frozenset({"1", "true"})
 _FALSE = frozenset({"0", "false"})
 
@@ -74,7 +75,8 @@ class Schema:
         if self.field_columns:
             info["label"] = {"field_columns": dict(self.field_columns), "how": "auto-detected"}
         if self.shape in ("chat", "sharegpt"):
-            info["label"] = info.get("label") or {"field": "the assistant turn", "how": "default"}
+            turn = "assistant" if self.shape == "chat" else "gpt"
+            info["label"] = info.get("label") or {"field": None, "how": f"the {turn} turn, read by the task's parser"}
         info["id"] = ({"field": self.id, "how": how.get("id", "default")} if self.id
                       else {"field": None, "how": "position in the file"})
         if self.instruction:
@@ -143,7 +145,9 @@ class RowReader:
         signature = tuple(keys)
         found = self.schemas.get(signature)
         if found is None:
-            found = self.schemas[signature] = self._resolve(signature)
+            found = self._resolve(signature)
+            if len(self.schemas) < _MAX_SCHEMAS:  # rows with ever-new keys must not grow memory
+                self.schemas[signature] = found
         return found
 
     def _resolve(self, keys: tuple) -> Schema:

@@ -307,7 +307,10 @@ def _extraction_engine(task, golds, responses) -> Engine | None:
 
 
 def _hierarchical_engine(task, golds, responses) -> Engine | None:
-    """Per-post counts of both levels and per-post summary ROUGE → :func:`~mentalglm.core.metrics.hierarchical_metrics`."""
+    """Per-post counts of both levels and per-post summary ROUGE.
+
+    Reproduces :func:`~mentalglm.core.metrics.hierarchical_metrics` on every resample.
+    """
     import numpy as np
 
     from .task import HierarchicalTask

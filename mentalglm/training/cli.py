@@ -102,10 +102,12 @@ def _add_data_arguments(group) -> None:
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
+    from mentalglm.data_cli import add_data_arguments
     from mentalglm.training.config import TrainConfig
 
     groups = {title: p.add_argument_group(title) for title in _GROUPS}
     _add_data_arguments(groups[_GROUPS[0]])
+    add_data_arguments(p)  # the mapping flags every command that reads data shares
     flags = _setting_options()
     for name, info in TrainConfig.model_fields.items():
         if name in flags:
@@ -142,6 +144,7 @@ def config_from_args(args: argparse.Namespace):
         MentalGLMError: an unreadable config file, ``--data`` together with ``--stage``, or an
             invalid setting (named on one line).
     """
+    from mentalglm.data_cli import data_mapping
     from mentalglm.training.config import build_config, load_config_file
 
     settings = load_config_file(args.config) if getattr(args, "config", None) else {}
@@ -156,6 +159,10 @@ def config_from_args(args: argparse.Namespace):
         settings["stages"], origins["stages"] = [{"data": list(args.data)}], "--data"
     elif args.stage:
         settings["stages"], origins["stages"] = [{"data": spec} for spec in args.stage], "--stage"
+    mapping = data_mapping(args)
+    if mapping is not None:  # the flags override a config file's data_mapping table key by key
+        settings["data_mapping"] = {**(settings.get("data_mapping") or {}), **mapping.describe()}
+        origins["data_mapping"] = "the data mapping flags"
     for key, option in (("model", "--model"), ("output", "--output")):
         if not settings.get(key):
             raise MentalGLMError(f"{option} is required (on the command line or in --config)")

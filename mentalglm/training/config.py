@@ -164,6 +164,10 @@ class TrainConfig(BaseModel):
                                                    "epoch ends; checkpoints are written at every epoch end anyway)",
                             json_schema_extra=cli(_RUN))
     keep_checkpoints: int = Field(2, ge=1, description="how many checkpoints to keep", json_schema_extra=cli(_RUN))
+    data_mapping: dict[str, Any] | None = Field(
+        None, description="how the data files are read: text_field, label_field, id_field, label_map, columns, "
+                          "encoding, format (the data mapping flags, or a config file table)",
+        json_schema_extra={"cli_flag": False})
     eval_data: str | None = Field(None, description="gold-labelled posts or records scored with --task's metrics "
                                                     "after every epoch (metrics.json)",
                                   json_schema_extra=cli(_RUN, "FILE"))

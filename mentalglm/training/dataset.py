@@ -18,9 +18,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from mentalglm.core.data import Record, read_records, resolve_path
+from mentalglm.core.data import Record, open_source, read_records
 from mentalglm.core.errors import DataError, MentalGLMError
-from mentalglm.core.files import file_sha256
 from mentalglm.core.prompt import PromptStyle
 
 log = logging.getLogger(__name__)
@@ -146,12 +145,13 @@ def resolve_end_token(tokenizer, style: PromptStyle, setting: str = "auto") -> E
                          "string and the tokenizer has no eos token; give --end-token TEXT or --end-token none")
 
 
-def read_stage_records(specs: Sequence[str], task=None) -> list[tuple[DataFile, list[Record]]]:
+def read_stage_records(specs: Sequence[str], task=None, mapping=None) -> list[tuple[DataFile, list[Record]]]:
     """Read and check the record files of one stage.
 
     Args:
-        specs: file paths or ``sample:NAME`` specs.
+        specs: file paths, dataset cards or ``sample:NAME`` specs.
         task: when given, every ``output`` must state a valid gold answer of this task.
+        mapping: how to read them (:class:`~mentalglm.core.mapping.DataMapping`), or None.
 
     Returns:
         ``(file, records)`` per spec, in order.
@@ -163,15 +163,10 @@ def read_stage_records(specs: Sequence[str], task=None) -> list[tuple[DataFile, 
     """
     result = []
     for spec in specs:
-        path = resolve_path(spec)
-        records = read_records(path)
-        if task is not None:
-            for record in records:
-                try:
-                    task.gold_from_output(record.output)
-                except ValueError as exc:
-                    raise DataError(path, record.line, "output", str(exc)) from None
-        info = DataFile(spec=spec, path=str(path.resolve()), sha256=file_sha256(path), records=len(records))
+        source = open_source(spec, mapping)
+        records = read_records(source, task)  # checks every gold answer against the task
+        where = str(source.files[0].resolve()) if len(source.files) == 1 else source.display
+        info = DataFile(spec=spec, path=where, sha256=source.fingerprint(), records=len(records))
         result.append((info, records))
     return result
 

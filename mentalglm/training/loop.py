@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import math
-import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -41,17 +39,11 @@ from mentalglm.training import rundir
 from mentalglm.training.config import TrainConfig
 from mentalglm.training.dataset import (
     IGNORE_INDEX,
-    EndToken,
-    StageData,
     collate,
-    encode_stage,
     epoch_order,
-    read_stage_records,
-    resolve_end_token,
     step_batches,
-    steps_per_epoch,
 )
-from mentalglm.training.validation import Validator, decoding_options, load_eval_set
+from mentalglm.training.plan import Reporter, RunPlan, StagePlan, plan_run, quiet_transformers
 
 _SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -88,34 +80,6 @@ class TrainResult:
         return data
 
 
-def resolve_precision(setting: str, device) -> str:
-    """The precision to train in on ``device``.
-
-    Args:
-        setting: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
-        device: the ``torch.device``.
-
-    Returns:
-        ``fp32``, ``bf16`` or ``fp16`` (``auto``: bf16 on a GPU that supports it, else fp32).
-
-    Raises:
-        MentalGLMError: bf16/fp16 on the CPU, or bf16 on a GPU without it.
-    """
-    import torch
-
-    if device.type != "cuda":
-        if setting in ("bf16", "fp16"):
-            raise MentalGLMError(f"--precision {setting} needs a CUDA GPU and this run is on the CPU; "
-                                 "use --precision fp32")
-        return "fp32"
-    bf16 = torch.cuda.is_bf16_supported()
-    if setting == "auto":
-        return "bf16" if bf16 else "fp32"
-    if setting == "bf16" and not bf16:
-        raise MentalGLMError(f"--precision bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp16 or fp32")
-    return setting
-
-
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's generators (CUDA included)."""
     import random
@@ -126,38 +90,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-@contextlib.contextmanager
-def _quiet_transformers():
-    """Hide transformers' progress bars while loading (noise on stderr)."""
-    import transformers
-
-    was_on = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was_on:
-            transformers.utils.logging.enable_progress_bar()
-
-
-def load_tokenizer(model_dir: str, trust_remote_code: bool = False):
-    """The model folder's tokenizer.
-
-    Raises:
-        MentalGLMError: it cannot be loaded (for the original ChatGLM layout, which needs
-            remote code, the message says to run ``mentalglm convert`` first).
-    """
-    from transformers import AutoTokenizer
-
-    try:
-        with _quiet_transformers():
-            return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as exc:
-        hint = ("; a ChatGLM-layout checkpoint needs `mentalglm convert` first (or --trust-remote-code)"
-                if not trust_remote_code else "")
-        raise MentalGLMError(f"{model_dir}: cannot load the tokenizer: {str(exc).splitlines()[0]}{hint}") from None
 
 
 def _linear_names(model) -> list[str]:
@@ -189,7 +121,7 @@ def build_peft_model(config: TrainConfig, precision: str, device):
     # otherwise load on the CPU and move.
     direct = device.type == "cuda" and importlib.util.find_spec("accelerate") is not None
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             model = AutoModelForCausalLM.from_pretrained(
                 config.model, dtype=dtype, trust_remote_code=config.trust_remote_code,
                 device_map={"": str(device)} if direct else None)
@@ -213,165 +145,6 @@ def build_peft_model(config: TrainConfig, precision: str, device):
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         peft_model = get_peft_model(model, lora)
     return peft_model.to(device)
-
-
-class _Reporter:
-    """Progress and notices on stderr, from rank 0 only."""
-
-    def __init__(self, main: bool, quiet: bool):
-        self.main, self.quiet = main, quiet
-
-    def progress(self, message: str) -> None:
-        """A progress line (silenced by ``quiet``)."""
-        if self.main and not self.quiet:
-            print(f"mentalglm train: {message}", file=sys.stderr, flush=True)
-
-    def notice(self, message: str) -> None:
-        """A line the user should see even with ``quiet``."""
-        if self.main:
-            print(f"mentalglm train: {message}", file=sys.stderr, flush=True)
-
-
-# -- the plan: everything decided before the model loads ------------------------------------
-@dataclass(frozen=True)
-class StagePlan:
-    """One stage of the run, computed up front.
-
-    Attributes:
-        index: 0-based stage index.
-        name: display name (``stage N`` unless configured).
-        data: the stage's tokenized examples, files and truncation count.
-        steps_per_epoch: optimizer steps in one pass over the data (per process).
-        steps: optimizer steps the stage trains.
-        epochs: epochs it starts (the last one may stop early at ``steps``).
-        learning_rate: peak learning rate.
-        warmup_steps: steps of linear warm-up from 0.
-        max_steps: the stage's own ``max_steps`` setting (recorded, not used).
-    """
-
-    index: int
-    name: str
-    data: StageData
-    steps_per_epoch: int
-    steps: int
-    epochs: int
-    learning_rate: float
-    warmup_steps: int
-    max_steps: int | None
-
-    def epoch_complete(self, stage_step: int) -> bool:
-        """Whether an epoch ending at ``stage_step`` went through all its data (the last may stop early)."""
-        return stage_step < self.steps or stage_step == self.epochs * self.steps_per_epoch
-
-    def to_manifest(self) -> dict:
-        """What ``train_config.json`` records about the stage."""
-        return {"name": self.name, "files": [f.to_dict() for f in self.data.files],
-                "examples": len(self.data.examples), "truncated": self.data.truncated,
-                "steps_per_epoch": self.steps_per_epoch, "steps": self.steps, "epochs": self.epochs,
-                "learning_rate": self.learning_rate, "max_steps": self.max_steps}
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    """What an invocation of :func:`train` will do, decided before the model loads.
-
-    Attributes:
-        stages: the stages, in order.
-        tokenizer: the base model's tokenizer.
-        end_token: the token appended to every response, or None.
-        pad_id: the id padding uses (masked out of attention and loss).
-        precision: ``fp32``, ``bf16`` or ``fp16``.
-        validator: per-epoch validation, or None without ``eval_data``.
-        manifest: the ``train_config.json`` document.
-        state: ``new``, ``resume`` or ``done`` (see :func:`rundir.run_state`).
-    """
-
-    stages: tuple[StagePlan, ...]
-    tokenizer: Any
-    end_token: EndToken | None
-    pad_id: int
-    precision: str
-    validator: Validator | None
-    manifest: dict
-    state: str
-
-    @property
-    def total_steps(self) -> int:
-        """Optimizer steps over all stages."""
-        return sum(stage.steps for stage in self.stages)
-
-    @property
-    def truncated(self) -> int:
-        """Examples whose response was cut, over all stages."""
-        return sum(stage.data.truncated for stage in self.stages)
-
-    @property
-    def stage_names(self) -> list[str]:
-        """Display names of the stages, in order."""
-        return [stage.name for stage in self.stages]
-
-
-def _plan_stage(config: TrainConfig, index: int, data: StageData, world_size: int) -> StagePlan:
-    per_epoch = steps_per_epoch(len(data.examples), config.batch_size, config.gradient_accumulation, world_size)
-    steps, epochs = config.stage_length(index, per_epoch)
-    return StagePlan(index=index, name=config.stage_name(index), data=data, steps_per_epoch=per_epoch, steps=steps,
-                     epochs=epochs, learning_rate=config.stage_learning_rate(index),
-                     warmup_steps=math.ceil(config.warmup_ratio * steps), max_steps=config.stages[index].max_steps)
-
-
-def _pad_id(tokenizer, end_token: EndToken | None) -> int:
-    # Padding is masked out of attention and loss, so any id will do; prefer the tokenizer's own.
-    candidates = (tokenizer.pad_token_id, end_token.id if end_token else None, tokenizer.eos_token_id, 0)
-    return next(i for i in candidates if i is not None)
-
-
-def _validator(config: TrainConfig, task, style) -> Validator | None:
-    if not config.eval_data:
-        return None
-    return Validator(evalset=load_eval_set(config.eval_data, task), task=task, style=style, system=config.system,
-                     batch_size=config.eval_batch_size, options=decoding_options(config.eval_max_new_tokens))
-
-
-def plan_run(config: TrainConfig, dist, report: _Reporter) -> RunPlan:
-    """Check every input and decide the whole run, before the model is loaded.
-
-    Reads and checks the data files (against the task when one is given), the eval data, the
-    prompt length of every record, and the run folder; tokenizes every stage.
-
-    Raises:
-        MentalGLMError: anything wrong with the input (see :func:`train`).
-    """
-    from mentalglm.core.plugins import get_plugin_manager
-
-    plugins = get_plugin_manager()
-    style = plugins.prompt(config.prompt)
-    task = plugins.task(config.task) if config.task else None
-    if config.system and not style.system_template:
-        raise MentalGLMError(f"prompt style '{style.name}' has no system turn; drop --system")
-    base = rundir.base_model_info(config.model)
-    files = [read_stage_records(stage.data, task) for stage in config.stages]
-    validator = _validator(config, task, style)
-    precision = resolve_precision(config.precision, dist.device)
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
-    end_token = resolve_end_token(tokenizer, style, config.end_token)
-    stages = tuple(_plan_stage(config, index, encode_stage(tokenizer, style, f, end_token=end_token,
-                                                           max_length=config.max_length, system=config.system),
-                               dist.world_size)
-                   for index, f in enumerate(files))
-    for stage in stages:
-        if stage.data.truncated:
-            report.notice(f"{stage.name}: {stage.data.truncated} of {len(stage.data.examples)} records are longer "
-                          f"than --max-length {config.max_length} tokens; their responses were cut (and their end "
-                          "token is not learnt)")
-    resolved = {"precision": precision, "device": dist.device.type, "world_size": dist.world_size,
-                "end_token": {"text": end_token.text, "id": end_token.id, "reason": end_token.reason}
-                if end_token else None}
-    manifest = rundir.build_manifest(config, base_model=base, stages=[s.to_manifest() for s in stages],
-                                     evaluation=validator.evalset.to_dict() if validator else None, resolved=resolved)
-    state = rundir.run_state(config.output, manifest)
-    dist.barrier()  # every rank has read the folder before rank 0 writes to it
-    return RunPlan(stages=stages, tokenizer=tokenizer, end_token=end_token, pad_id=_pad_id(tokenizer, end_token),
-                   precision=precision, validator=validator, manifest=manifest, state=state)
 
 
 # -- the training loop ------------------------------------------------------------------------
@@ -432,7 +205,7 @@ class _Trainer:
     """
 
     def __init__(self, config: TrainConfig, dist, plan: RunPlan, peft_model, train_model,
-                 checkpoint: ckpt.Checkpoint | None, report: _Reporter):
+                 checkpoint: ckpt.Checkpoint | None, report: Reporter):
         self.config, self.dist, self.plan, self.report = config, dist, plan, report
         self.out = Path(config.output)
         self.peft_model, self.train_model = peft_model, train_model
@@ -675,7 +448,7 @@ class _Trainer:
             "last_evaluation": self.evaluations[-1] if self.evaluations else None})
 
 
-def _already_finished(out: Path, result: TrainResult, report: _Reporter) -> TrainResult:
+def _already_finished(out: Path, result: TrainResult, report: Reporter) -> TrainResult:
     summary = read_json_object(out / rundir.SUMMARY, "training summary")
     result.already_finished, result.steps = True, summary.get("steps", 0)
     result.final_loss = summary.get("final_loss")
@@ -684,7 +457,7 @@ def _already_finished(out: Path, result: TrainResult, report: _Reporter) -> Trai
     return result
 
 
-def _latest_checkpoint(out: Path, peft_model, report: _Reporter) -> ckpt.Checkpoint | None:
+def _latest_checkpoint(out: Path, peft_model, report: Reporter) -> ckpt.Checkpoint | None:
     """The newest complete checkpoint, its adapter weights loaded into ``peft_model``; None for a fresh run."""
     found = ckpt.list_checkpoints(out)
     if not found:
@@ -698,7 +471,7 @@ def _latest_checkpoint(out: Path, peft_model, report: _Reporter) -> ckpt.Checkpo
 def _execute(config: TrainConfig, dist) -> TrainResult:
     """Plan, load, train, finish: one invocation of :func:`train` in this process."""
     started = time.monotonic()
-    out, report = Path(config.output), _Reporter(dist.is_main, config.quiet)
+    out, report = Path(config.output), Reporter(dist.is_main, config.quiet)
     plan = plan_run(config, dist, report)
     result = TrainResult(output=out, adapter=out / "adapter", truncated=plan.truncated)
     if plan.state == "done":

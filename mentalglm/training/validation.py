@@ -20,7 +20,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Sequence
 
-from mentalglm.core.data import read_posts, resolve_path
+from mentalglm.core.data import open_source, read_posts
 from mentalglm.core.errors import DataError
 from mentalglm.core.prediction import Post, Prediction
 from mentalglm.core.prompt import PromptStyle
@@ -52,20 +52,20 @@ class EvalSet:
         return {"spec": self.spec, "path": self.path, "sha256": self.sha256, "posts": len(self.posts)}
 
 
-def load_eval_set(spec: str, task) -> EvalSet:
-    """Read gold-labelled posts or C-IMHI records for validation.
+def load_eval_set(spec: str, task, mapping=None) -> EvalSet:
+    """Read gold-labelled posts or C-IMHI records for validation (``mapping``: how to read them).
 
     Raises:
         DataError: a bad file, a label outside the task, or a post without a gold answer.
     """
-    from mentalglm.core.files import file_sha256
-
-    path = resolve_path(spec)
-    posts = read_posts(path, task)
+    source = open_source(spec, mapping)
+    posts = read_posts(source, task)
     for post in posts:
         if post.gold is None:
-            raise DataError(path, post.line, "label", "missing; --eval-data needs a gold answer for every post")
-    return EvalSet(spec=spec, path=str(path.resolve()), sha256=file_sha256(path), posts=tuple(posts))
+            raise DataError(source.display, post.line, "label",
+                            "missing; --eval-data needs a gold answer for every post")
+    where = str(source.files[0].resolve()) if len(source.files) == 1 else source.display
+    return EvalSet(spec=spec, path=where, sha256=source.fingerprint(), posts=tuple(posts))
 
 
 def decoding_options(max_new_tokens: int) -> dict:
