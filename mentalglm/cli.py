@@ -148,14 +148,10 @@ def _analyzer(args, task):
 
 def _print_prediction(prediction, response_format) -> None:
     status = "" if prediction.valid else f"  [invalid: {prediction.problem}]"
-    if prediction.fields is not None:
-        print(f"[{prediction.id}]{status}")
-        for name, value in prediction.fields.items():
-            print(f"  {response_format.field_head(name)}{value or '—'}")
-    elif prediction.valid:
-        print(f"[{prediction.id}] {response_format.label_line(prediction.labels)}{status}")
-    else:
-        print(f"[{prediction.id}] {response_format.label_head}—{status}")
+    lines = response_format.answer_lines(prediction.labels if prediction.valid else (), prediction.fields)
+    print(f"[{prediction.id}]{status}" if len(lines) > 1 else f"[{prediction.id}] {lines[0]}{status}")
+    for line in lines if len(lines) > 1 else ():
+        print(f"  {line}")
     if prediction.explanation:
         print(f"  {response_format.explanation_head}{prediction.explanation}")
 

@@ -206,6 +206,15 @@ class ResponseFormat:
             lines.append(f"{self.explanation_head}{explanation}")
         return "\n".join(lines)
 
+    def answer_lines(self, labels, fields=None) -> list[str]:
+        """A parsed answer (labels, and fields or summaries) written back in this format, explanation aside:
+        what the command line and the quickstart show for a prediction."""
+        if self.kind == "hierarchical":
+            return self.render({"labels": labels, "summaries": fields or {}}).split("\n")
+        if self.kind == "extraction":
+            return [f"{self.field_head(name)}{(fields or {}).get(name) or '—'}" for name in self.fields]
+        return [self.label_line(labels) if labels or self.none_label else f"{self.label_head}—"]
+
     def explanation_lead(self, labels) -> str:
         """The label line and the explanation header: what score mode writes before generating the explanation."""
         return f"{self.label_line(labels)}\n{self.explanation_head}"

@@ -175,15 +175,14 @@ def _export(base: Path, adapter: Path, gguf: Path, say, phase: dict) -> None:
     say(f"      {gguf} ({gguf.stat().st_size / 2**20:.1f} MiB)")
 
 
-def _show(task: str, post, prediction, say) -> None:
+def _show(task: str, post, prediction, fmt, say) -> None:
+    """One analysed post as the user sees it: the post, then the answer in the task's own format."""
     text = post.text.replace("\n", " ")
     say(f"  [{task}] post: {text[:60]}{'…' if len(text) > 60 else ''}")
-    if prediction.fields is not None:
-        say("      " + "；".join(f"{k}：{v[:20]}" for k, v in prediction.fields.items()))
-    else:
-        say(f"      标签：{'、'.join(prediction.labels) or '—'}")
+    for line in fmt.answer_lines(prediction.labels if prediction.valid else (), prediction.fields):
+        say(f"      {line[:80]}")
     explanation = prediction.explanation.replace("\n", " ")
-    say(f"      解释：{explanation[:80]}{'…' if len(explanation) > 80 else ''}")
+    say(f"      {fmt.explanation_head}{explanation[:80]}{'…' if len(explanation) > 80 else ''}")
 
 
 def _analyse_and_evaluate(gguf: Path, splits: dict, output_dir: Path, options: dict, say, timing: Timing) -> dict:
@@ -201,7 +200,7 @@ def _analyse_and_evaluate(gguf: Path, splits: dict, output_dir: Path, options: d
             analysers = {task: Analyzer(task=task, backend=backend) for task in TASKS}
             for task, analyzer in analysers.items():
                 posts = read_posts(splits[task][1], analyzer.task)
-                _show(task, posts[0], next(analyzer.analyze_many(posts[:1])), say)
+                _show(task, posts[0], next(analyzer.analyze_many(posts[:1])), analyzer.response_format, say)
         with timing.phase("evaluate"):
             say("[5/5] evaluating every task on its held-out synthetic posts …")
             for task, analyzer in analysers.items():
