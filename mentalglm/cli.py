@@ -187,7 +187,7 @@ def cmd_analyze(args) -> int:
                       f"{summary.invalid} invalid, {summary.without_label_line} read without a label line "
                       f"→ {summary.output}")
             return 0
-        analyzer.backend.preflight(p.id for p in posts)
+        analyzer.backend.preflight((p.id for p in posts), response_format=analyzer.response_format)
         for prediction in analyzer.analyze_many(posts):
             if args.json and len(posts) == 1:
                 _print_json(prediction.to_dict())

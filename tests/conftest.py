@@ -62,8 +62,9 @@ class RecordingBackend(Backend):
         """Answers for the next requests, in order."""
         self.answers.extend(answers)
 
-    def preflight(self, post_ids):
+    def preflight(self, post_ids, response_format=None):
         self.preflighted.append(list(post_ids))
+        self.preflight_format = response_format
 
     def generate(self, requests):
         self.requests.extend(requests)

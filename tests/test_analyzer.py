@@ -252,6 +252,7 @@ def test_the_backend_is_checked_before_the_first_post(pm, tmp_path):
     backend = RecordingBackend()
     analyzer(pm, backend).run(POSTS, tmp_path / "p.jsonl")
     assert backend.preflighted == [["a", "b", "c"]]
+    assert backend.preflight_format == pm.task("depression").response_format()  # a server's canary uses it
 
 
 def test_a_streamed_source_runs_and_resumes_like_a_list(pm, tmp_path):

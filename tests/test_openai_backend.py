@@ -1,4 +1,4 @@
-"""The openai backend against a fake OpenAI server (HTTP behaviour) and a real llama-cpp-python server."""
+"""The openai backend against fake OpenAI servers (HTTP, dialects, the canary) and a real llama-cpp-python server."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from conftest import free_port
-from mentalglm.backends.openai_backend import OpenAIBackend, _retry_after
+from conftest import free_port, run_cli
+from mentalglm.backends import server_dialects as dialects
+from mentalglm.backends.openai_backend import OpenAIBackend
+from mentalglm.backends.openai_http import retry_after
 from mentalglm.core.backend import GenerationRequest
 from mentalglm.core.errors import MentalGLMError, OptionsError
 
@@ -30,11 +32,47 @@ class Reply:
     delay: float = 0.0           # seconds before answering (cut short when the fixture ends)
 
 
+#: The GLM-4 stop tokens' ids in the real GLM-4 vocabulary, as a GLM-4 server's /tokenize gives them.
+GLM4_IDS = {"<|endoftext|>": 151329, "<|user|>": 151336, "<|observation|>": 151338}
+#: What each server shows about itself: the real vLLM 0.32 and llama-cpp-python 0.3.36 answers
+#: (queried on loopback), and llama.cpp's llama-server as its source writes them.
+SIGNS = {
+    "vllm": {
+        ("GET", "/version"): {"version": "0.32.0"},
+        ("GET", "/v1/models"): {"object": "list", "data": [
+            {"id": "tiny-glm", "object": "model", "created": 1, "owned_by": "vllm", "root": "/models/tiny",
+             "parent": None, "max_model_len": 512, "permission": []},
+            {"id": "mentalglm-lora", "object": "model", "created": 1, "owned_by": "vllm", "root": "/models/lora",
+             "parent": "tiny-glm", "max_model_len": None, "permission": []}]},
+        ("POST", "/tokenize"): lambda body: {"count": 1, "max_model_len": 512,
+                                             "tokens": [GLM4_IDS.get(body["prompt"], 7)], "token_strs": None},
+    },
+    "llama-server": {
+        ("GET", "/v1/models"): {"object": "list", "data": [{"id": "m.gguf", "object": "model", "created": 1,
+                                                            "owned_by": "llamacpp", "meta": {}}]},
+        ("GET", "/props"): {"build_info": "b6500-abc1234", "default_generation_settings": {}, "total_slots": 1},
+    },
+    "llama-cpp-python": {
+        ("GET", "/v1/models"): {"object": "list", "data": [{"id": "m.gguf", "object": "model", "owned_by": "me",
+                                                            "permissions": []}]},
+        ("GET", "/openapi.json"): {"openapi": "3.1.0", "info": {"title": "🦙 llama.cpp Python API",
+                                                                "version": "0.3.36"}},
+    },
+}
+
+
 class FakeOpenAI:
-    """``POST /v1/completions`` answered by ``self.reply(body, n)``; every request is recorded."""
+    """``POST /v1/completions`` answered by ``self.reply(body, n)``; every completion request is recorded.
+
+    Other endpoints answer from ``self.routes`` (``(method, path)`` → a JSON value, a Reply, or a
+    function of the request body); anything else is a 404, as on a server without that endpoint.
+    ``act_as(name)`` gives the fake the signs of a real server (see SIGNS).
+    """
 
     def __init__(self):
-        self.requests: list[tuple[dict, dict]] = []  # (headers, body)
+        self.requests: list[tuple[dict, dict]] = []  # (headers, body) of completion requests
+        self.other: list[tuple[str, str, object]] = []  # (method, path, body) of everything else
+        self.routes: dict = {}
         self.lock = threading.Lock()
         self.in_flight = self.max_in_flight = 0
         self.reply = self.echo
@@ -47,16 +85,32 @@ class FakeOpenAI:
             def log_message(self, *args):
                 pass
 
+            def do_GET(self):
+                with fake.lock:
+                    fake.other.append(("GET", self.path, None))
+                self.answer(fake.route("GET", self.path, None))
+
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 body = json.loads(raw.decode("utf-8"))
+                if self.path != "/v1/completions":
+                    with fake.lock:
+                        fake.other.append(("POST", self.path, body))
+                    self.answer(fake.route("POST", self.path, body))
+                    return
                 with fake.lock:
                     fake.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
                     n = len(fake.requests)
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
-                    reply = fake.reply(body, n)
+                    self.answer(fake.reply(body, n))
+                finally:
+                    with fake.lock:
+                        fake.in_flight -= 1
+
+            def answer(self, reply):
+                try:
                     if reply.delay:
                         fake.done.wait(reply.delay)
                     data = reply.body if isinstance(reply.body, str) else json.dumps(reply.body, ensure_ascii=False)
@@ -70,15 +124,24 @@ class FakeOpenAI:
                     self.wfile.write(data)
                 except OSError:
                     pass  # the client gave up (timeout test)
-                finally:
-                    with fake.lock:
-                        fake.in_flight -= 1
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.server.handle_error = lambda request, address: None
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def route(self, method, path, body) -> Reply:
+        answer = self.routes.get((method, path))
+        if answer is None:
+            return Reply(404, {"detail": "Not Found"})
+        if callable(answer):
+            answer = answer(body)
+        return answer if isinstance(answer, Reply) else Reply(body=answer)
+
+    def act_as(self, server: str) -> FakeOpenAI:
+        self.routes.update(SIGNS[server])
+        return self
 
     @staticmethod
     def echo(body, n):
@@ -88,6 +151,11 @@ class FakeOpenAI:
     @property
     def bodies(self) -> list[dict]:
         return [body for _, body in self.requests]
+
+
+def answering(text, finish_reason="stop"):
+    """A reply function: every completion is ``text``."""
+    return lambda body, n: Reply(body={"choices": [{"text": text, "finish_reason": finish_reason}]})
 
 
 @pytest.fixture
@@ -273,15 +341,313 @@ def test_no_key_no_authorization_header(fake, monkeypatch):
     assert all("authorization" not in headers for headers, _ in fake.requests)
 
 
-# -- grammar --------------------------------------------------------------------------------
-def test_grammar_field_carries_the_gbnf(fake, tasks):
+# -- dialects -------------------------------------------------------------------------------
+def valid_answer(fmt) -> str:
+    """A whole answer in ``fmt`` (what a server that enforces its grammar could write)."""
+    if fmt.kind == "hierarchical":
+        part, subs = fmt.parts[0]
+        return fmt.render({"labels": [subs[0]], "summaries": {part: "摘要"}}, "理由。")
+    return fmt.render([fmt.labels[0]], "理由。")
+
+
+def enforcing(*formats):
+    """A reply function of a server that enforces the GBNF it is sent (either field): a valid answer of it."""
+    answers = {fmt.gbnf(): valid_answer(fmt) for fmt in (dialects.CANARY_FORMAT, *formats)}
+
+    def reply(body, n):
+        grammar = body.get("grammar") or (body.get("structured_outputs") or {}).get("grammar")
+        return Reply(body={"choices": [{"text": answers.get(grammar, "12345"), "finish_reason": "stop"}]})
+
+    return reply
+
+
+def test_auto_detects_vllm_and_speaks_its_dialect(fake, tasks):
     fmt = tasks["cognitive-distortion"].response_format()
-    backend(fake.url, grammar_field="grammar").generate([request(0, response_format=fmt), request(1)])
-    backend(fake.url).generate([request(2, response_format=fmt)])
+    fake.act_as("vllm").reply = enforcing(fmt)
+    b = backend(fake.url, max_new_tokens=16)
+    [completion] = b.generate([request(0, response_format=fmt, stop=("<|user|>",))])
+    assert completion.text == valid_answer(fmt)
+    body = fake.bodies[0]
+    assert body["structured_outputs"] == {"grammar": fmt.gbnf()}
+    assert body["stop_token_ids"] == [151329, 151336, 151338] and body["stop"] == ["<|user|>"]
+    assert body["repetition_penalty"] == 1.0
+    assert not {"grammar", "repeat_penalty", "response_format"} & set(body)
+    assert b.server_info == {"dialect": "vllm", "engine": "vLLM", "version": "0.32.0",
+                             "constraint": "structured_outputs.grammar", "stop_token_ids": [151329, 151336, 151338]}
+    tokenized = [body for method, path, body in fake.other if path == "/tokenize"]
+    assert tokenized == [{"model": "tiny-glm", "prompt": token, "add_special_tokens": False} for token in GLM4_IDS]
+    b.generate([request(1)])  # no answer format: no constraint; the server is identified once
+    assert "structured_outputs" not in fake.bodies[1]
+    assert sum(path == "/v1/models" for _, path, _ in fake.other) == 1
+
+
+@pytest.mark.parametrize("server, engine, version", [("llama-server", "llama.cpp server", "b6500-abc1234"),
+                                                     ("llama-cpp-python", "llama-cpp-python", "0.3.36")])
+def test_llama_cpp_servers_are_detected_and_get_a_grammar(fake, tasks, server, engine, version):
+    fmt = tasks["depression"].response_format()
+    fake.act_as(server).reply = enforcing(fmt)
+    b = backend(fake.url)
+    b.generate([request(0, response_format=fmt)])
+    body = fake.bodies[0]
+    assert body["grammar"] == fmt.gbnf() and body["repeat_penalty"] == 1.0
+    assert not {"structured_outputs", "stop_token_ids", "repetition_penalty"} & set(body)
+    assert b.server_info == {"dialect": "llama.cpp", "engine": engine, "version": version, "constraint": "grammar",
+                             "stop_token_ids": None}
+
+
+def test_label_only_answers_are_a_choice(fake, tasks):
+    depression = tasks["depression"].response_format()
+    fake.act_as("vllm").reply = answering("标签：非抑郁")
+    [completion] = backend(fake.url, answer="label").generate([request(0, response_format=depression)])
+    assert completion.text == "标签：非抑郁" and tasks["depression"].parse(completion.text).labels == ("非抑郁",)
+    assert fake.bodies[0]["structured_outputs"] == {"choice": ["标签：抑郁", "标签：非抑郁"]}
+    fake.reply = answering("标签：抑郁\n解释：……")  # more than a label line: the choice was not enforced
+    with pytest.raises(MentalGLMError, match="structured_outputs.choice: the answer for post 0 is not one of"):
+        backend(fake.url, answer="label").generate([request(0, response_format=depression)])
+    with pytest.raises(MentalGLMError, match="answer=label needs a single-label task; this one is multi-label"):
+        backend(fake.url, answer="label").generate([request(0, response_format=tasks["cognitive-distortion"]
+                                                            .response_format())])
+
+
+def test_label_only_answers_on_llama_cpp_get_a_choice_grammar(fake, tasks):
+    fmt = tasks["depression"].response_format()
+    fake.act_as("llama-server").reply = answering("标签：抑郁")
+    backend(fake.url, answer="label").generate([request(0, response_format=fmt)])
+    assert fake.bodies[0]["grammar"] == 'root ::= "标签：抑郁" | "标签：非抑郁"\n'
+
+
+def test_an_unknown_server_cannot_be_constrained(fake, tasks):
+    fmt = tasks["depression"].response_format()
+    b = backend(fake.url)
+    for attempt in (lambda: b.preflight(["1"]), lambda: b.generate([request(0, response_format=fmt)])):
+        with pytest.raises(MentalGLMError) as info:
+            attempt()
+        message = str(info.value)
+        assert "\n" not in message and fake.url in message
+        assert "of unknown make, spoken to as plain OpenAI (no known sign)" in message
+        assert "answers cannot be constrained; set server=vllm or server=llama.cpp" in message
+        assert "constrained=false" in message
+    assert fake.requests == []  # refused before any post text was sent
+    assert b.server_info == {"dialect": "openai", "engine": None, "version": None, "constraint": None,
+                             "stop_token_ids": None}
+
+
+def test_a_forced_dialect_needs_no_signs(fake, tasks):
+    fmt = tasks["depression"].response_format()
+    fake.reply = enforcing(fmt)
+    b = backend(fake.url, server="vllm")
+    b.generate([request(0, response_format=fmt)])
+    assert fake.bodies[0]["structured_outputs"] == {"grammar": fmt.gbnf()}
+    assert "stop_token_ids" not in fake.bodies[0]  # no /tokenize here
+    assert b.server_info["dialect"] == "vllm" and b.server_info["engine"] is None
+
+
+# -- fail closed: the canary and every answer -------------------------------------------------------
+def test_canary_refuses_a_server_that_ignores_the_constraint(fake):
+    fake.act_as("vllm").reply = answering("12345")
+    b = backend(fake.url)
+    with pytest.raises(MentalGLMError) as info:
+        b.preflight(["1", "2"])
+    message = str(info.value)
+    assert "\n" not in message
+    assert message.startswith(f"openai backend: {fake.url} (vLLM 0.32.0, vllm dialect) did not enforce the answer "
+                              "constraint sent as structured_outputs.grammar: the canary answer is outside the answer "
+                              "grammar; ")
+    assert "constrained=false" in message
+    [canary] = fake.bodies
+    assert canary["prompt"] == dialects.CANARY_PROMPT
+    assert canary["structured_outputs"] == {"grammar": dialects.CANARY_FORMAT.gbnf()}
+    assert canary["max_tokens"] == dialects.CANARY_TOKENS
+
+
+def test_canary_with_the_tasks_own_format(fake, tasks):
+    fmt = tasks["cognitive-pathway"].response_format()
+    fake.act_as("llama-server").reply = enforcing(fmt)
+    backend(fake.url).preflight(["1"], response_format=fmt)
+    assert fake.bodies[0]["grammar"] == fmt.gbnf()
+
+
+@pytest.mark.parametrize("text, finish_reason, problem", [
+    ("", "stop", "stopped before the explanation"),
+    ("甲部：无\n乙部：无", "stop", "stopped before the explanation"),
+    ("甲部：子一｜", "stop", "stopped before the explanation"),
+    ("标签：抑郁\n解释：", "stop", "is outside the answer grammar"),
+    ("甲部：子", "length", None),  # cut by the token budget: a prefix of a valid answer is all it can be
+    ("甲部：子一｜摘要\n乙部：无\n解释：", "stop", None),
+])
+def test_canary_judges_what_could_come_from_the_grammar(fake, text, finish_reason, problem):
+    fake.act_as("llama-cpp-python").reply = answering(text, finish_reason)
+    if problem is None:
+        backend(fake.url).preflight(["1"])
+        return
+    with pytest.raises(MentalGLMError, match=f"sent as grammar: the canary answer {problem}; "):
+        backend(fake.url).preflight(["1"])
+
+
+def test_canary_on_vllm_spoken_to_as_llama_cpp_says_which_dialect_to_use(fake):
+    fake.act_as("vllm").reply = answering("12345")  # vLLM ignores the unknown field 'grammar' (HTTP 200)
+    with pytest.raises(MentalGLMError) as info:
+        backend(fake.url, server="llama.cpp").preflight(["1"])
+    assert "(vLLM 0.32.0, llama.cpp dialect) did not enforce the answer constraint sent as grammar" in str(info.value)
+    assert str(info.value).endswith("this server looks like vLLM 0.32.0, which takes constraints in "
+                                    "structured_outputs: set server=vllm or server=auto")
+    assert "grammar" in fake.bodies[0] and "structured_outputs" not in fake.bodies[0]
+
+
+def test_no_posts_no_canary_and_unconstrained_runs_no_canary(fake):
+    fake.act_as("vllm").reply = answering("12345")
+    backend(fake.url).preflight([])
+    backend(fake.url, constrained="false").preflight(["1"])
+    assert fake.requests == []
+
+
+def test_every_answer_is_checked_and_the_error_quotes_neither_post_nor_answer(fake, tasks, caplog):
+    fmt = tasks["depression"].response_format()
+    obeying = enforcing(fmt)
+
+    def reply(body, n):  # obeys the canary and post 0, then echoes post 1: the constraint was dropped on the way
+        return FakeOpenAI.echo(body, n) if "#1<" in body["prompt"] else obeying(body, n)
+
+    fake.act_as("vllm").reply = reply
+    b = backend(fake.url, concurrency=1)
+    with caplog.at_level(logging.DEBUG):
+        b.preflight(["0", "1"])
+        with pytest.raises(MentalGLMError) as info:
+            b.generate([request(0, response_format=fmt), request(1, response_format=fmt)])
+    message = str(info.value)
+    assert "the answer for post 1 is outside the answer grammar" in message
+    assert POST not in message and "echo:" not in message and "失眠" not in message
+    assert POST not in caplog.text and "失眠" not in caplog.text
+
+
+def test_unconstrained_runs_send_no_constraint_and_check_nothing(fake, tasks):
+    fmt = tasks["depression"].response_format()
+    fake.act_as("vllm").reply = answering("12345")
+    b = backend(fake.url, constrained=False)
+    [completion] = b.generate([request(0, response_format=fmt)])
+    assert completion.text == "12345"
+    assert "structured_outputs" not in fake.bodies[0] and "grammar" not in fake.bodies[0]
+    assert b.server_info["constraint"] is None
+
+
+def test_grammar_field_is_deprecated_but_still_sent_and_checked(fake, tasks, caplog):
+    fmt = tasks["cognitive-distortion"].response_format()
+    fake.act_as("vllm").reply = answering("12345")
+    b = backend(fake.url, grammar_field="grammar")
+    fake.reply = enforcing(fmt)
+    with caplog.at_level(logging.WARNING):
+        b.generate([request(0, response_format=fmt), request(1)])
+    assert "grammar_field is deprecated for vLLM 0.32.0: server=llama.cpp sends the grammar as 'grammar'" in caplog.text
     bodies = {body["prompt"]: body for body in fake.bodies}  # arrival order is not request order
     assert bodies[request(0).prompt]["grammar"] == fmt.gbnf()
+    assert "structured_outputs" not in bodies[request(0).prompt]
     assert "grammar" not in bodies[request(1).prompt]
-    assert "grammar" not in bodies[request(2).prompt]
+    fake.reply = answering("12345")
+    with pytest.raises(MentalGLMError, match="sent as grammar: .*vLLM 0.32.0 takes constraints in structured_outputs, "
+                                             "not grammar: drop grammar_field .deprecated. and set server=vllm or "
+                                             "server=auto$"):
+        b.preflight(["1"])
+
+
+def test_grammar_field_still_reaches_other_engines_without_a_warning(fake, tasks, caplog):
+    fmt = tasks["depression"].response_format()
+    fake.reply = enforcing(fmt)  # no signs: an engine of unknown make that reads 'grammar'
+    b = backend(fake.url, grammar_field="grammar")
+    with caplog.at_level(logging.WARNING):
+        b.preflight(["1"])
+        b.generate([request(0, response_format=fmt)])
+    assert fake.bodies[1]["grammar"] == fmt.gbnf() and "deprecated" not in caplog.text
+    assert b.server_info["constraint"] == "grammar"
+
+
+# -- adapters and stop token ids ---------------------------------------------------------------
+def test_adapter_is_the_request_model_on_vllm(fake, tasks):
+    fmt = tasks["depression"].response_format()
+    fake.act_as("vllm").reply = enforcing(fmt)
+    backend(fake.url, adapter="mentalglm-lora").generate([request(0, response_format=fmt)])
+    assert fake.bodies[0]["model"] == "mentalglm-lora"
+    with pytest.raises(MentalGLMError) as info:
+        backend(fake.url, adapter="nope").preflight(["1"])
+    assert str(info.value) == (f"openai backend: {fake.url} does not serve adapter 'nope' (it serves: tiny-glm, "
+                               "mentalglm-lora); start it with vllm serve … --enable-lora --lora-modules nope=PATH")
+
+
+def test_adapter_needs_vllm(fake):
+    fake.act_as("llama-server")
+    with pytest.raises(MentalGLMError, match=r"adapter=x needs a vLLM server .* llama.cpp server b6500-abc1234 in "
+                                             r"the llama.cpp dialect"):
+        backend(fake.url, adapter="x").generate([request()])
+
+
+@pytest.mark.parametrize("value, sent", [("1,2", [1, 2]), ("[3]", [3]), ("none", None), ("auto", [151329, 151336,
+                                                                                                    151338])])
+def test_stop_token_ids_option(fake, value, sent):
+    fake.act_as("vllm")
+    backend(fake.url, stop_token_ids=value).generate([request()])
+    assert fake.bodies[0].get("stop_token_ids") == sent
+
+
+def test_stop_token_ids_go_to_vllm_only(fake, caplog):
+    fake.act_as("llama-server")
+    with caplog.at_level(logging.WARNING):
+        b = backend(fake.url, stop_token_ids="1,2")
+        b.generate([request()])
+    assert "stop_token_ids" not in fake.bodies[0] and b.server_info["stop_token_ids"] is None
+    assert "stop_token_ids goes to vLLM only" in caplog.text
+
+
+def test_stop_token_ids_auto_without_glm4_tokens(fake, caplog):
+    fake.act_as("vllm").routes[("POST", "/tokenize")] = {"count": 3, "max_model_len": 512, "tokens": [27, 91, 882]}
+    with caplog.at_level(logging.WARNING):
+        backend(fake.url).generate([request()])
+    assert "stop_token_ids" not in fake.bodies[0]
+    assert "gave no ids for the GLM-4 stop tokens" in caplog.text and "stop_token_ids=ID" in caplog.text
+
+
+def test_a_refused_api_key_on_the_probe_names_the_variable(fake, monkeypatch):
+    monkeypatch.setenv("MENTALGLM_TEST_KEY", KEY)
+    fake.routes[("GET", "/v1/models")] = Reply(401, {"error": {"message": f"Invalid key {KEY}"}})
+    with pytest.raises(MentalGLMError) as info:
+        backend(fake.url, api_key_env="MENTALGLM_TEST_KEY").generate([request()])
+    assert str(info.value) == (f"openai backend: {fake.url}/models: HTTP 401: Invalid key ***; "
+                               "is the key in $MENTALGLM_TEST_KEY right?")
+
+
+# -- the command line ---------------------------------------------------------------------------
+def _posts_file(tmp_path):
+    path = tmp_path / "posts.jsonl"
+    path.write_text("".join(json.dumps({"id": f"p{i}", "text": f"{POST} {i}"}, ensure_ascii=False) + "\n"
+                            for i in range(3)), encoding="utf-8")
+    return path
+
+
+def test_cli_stops_before_the_first_post_when_the_server_ignores_the_constraint(fake, tmp_path):
+    fake.act_as("vllm").reply = answering("12345")
+    out = tmp_path / "out.jsonl"
+    result = run_cli("analyze", "--task", "depression", "--backend", "openai", "--model", "tiny-glm",
+                     "-O", f"base_url={fake.url}", "--input", str(_posts_file(tmp_path)), "--output", str(out),
+                     "--quiet")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"mentalglm: error: openai backend: {fake.url} (vLLM 0.32.0, "
+                                                   "vllm dialect) did not enforce the answer constraint")
+    assert POST not in result.stderr and result.stdout == ""
+    assert len(fake.requests) == 1  # the canary; no post was sent
+    assert not out.exists() or out.read_text() == ""
+
+
+def test_cli_constrained_false_runs_unconstrained(fake, tmp_path):
+    fake.act_as("vllm").reply = answering("标签：抑郁\n解释：长期失眠。")
+    out = tmp_path / "out.jsonl"
+    result = run_cli("analyze", "--task", "depression", "--backend", "openai", "--model", "tiny-glm",
+                     "-O", f"base_url={fake.url}", "-O", "constrained=false", "--input", str(_posts_file(tmp_path)),
+                     "--output", str(out), "--quiet", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["analysed"] == 3
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 3
+    assert len(fake.requests) == 3 and not any("structured_outputs" in body for body in fake.bodies)
+    record = json.loads((tmp_path / "out.jsonl.run.json").read_text(encoding="utf-8"))
+    assert record["options"]["constrained"] is False and record["options"]["server"] == "auto"
 
 
 # -- options ----------------------------------------------------------------------------------
@@ -320,16 +686,15 @@ def test_needs_a_model_name_and_is_registered(pm):
 
 
 def test_retry_after_header():
-    assert _retry_after("0") == 0 and _retry_after("2.5") == 2.5 and _retry_after(None) is None
-    assert _retry_after("soon") is None
-    assert _retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0  # a date in the past
+    assert retry_after("0") == 0 and retry_after("2.5") == 2.5 and retry_after(None) is None
+    assert retry_after("soon") is None
+    assert retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0  # a date in the past
 
 
 def test_analyzer_redacts_before_sending(fake, pm):
     from mentalglm import Analyzer
 
-    fake.reply = lambda body, n: Reply(body={"choices": [{"text": "标签：抑郁\n解释：长期失眠。",
-                                                          "finish_reason": "stop"}]})
+    fake.act_as("llama-server").reply = answering("标签：抑郁\n解释：长期失眠。")
     text = "电话13812345678，@小明 我最近总是失眠"
     with Analyzer(task="depression", backend="openai", model="m", options={"base_url": fake.url}, plugins=pm) as a:
         prediction = a.analyze(text)
@@ -391,15 +756,59 @@ def test_real_server_repeat_penalty_default_is_not_greedy(llama_server, in_proce
                                       "the repeat_penalty option's default and description may be revisited")
 
 
+def test_real_server_is_detected(llama_server):
+    import llama_cpp
+
+    b = OpenAIBackend("m", {"base_url": llama_server[0]})
+    assert b.server_info == {"dialect": "llama.cpp", "engine": "llama-cpp-python", "version": llama_cpp.__version__,
+                             "constraint": "grammar", "stop_token_ids": None}
+
+
 def test_real_server_grammar_constrains_the_answer(llama_server, pm):
     base_url, _ = llama_server
     task, style, prompts = _prompts(pm, "cognitive-distortion")
     fmt = task.response_format()
     requests = [GenerationRequest(str(i), p, stop=style.stop, response_format=fmt) for i, p in enumerate(prompts)]
-    constrained = OpenAIBackend("m", {"base_url": base_url, "max_new_tokens": 48, "grammar_field": "grammar"})
+    constrained = OpenAIBackend("m", {"base_url": base_url, "max_new_tokens": 48})  # server=auto finds llama.cpp
+    constrained.preflight(["0"])  # the canary passes
+    constrained.preflight(["0"], response_format=fmt)
     for completion in constrained.generate(requests):
         assert fmt.allows(completion.text.encode()), completion.text
         if fmt.in_free_text(completion.text.encode()):
             assert task.parse(completion.text).valid
-    free = OpenAIBackend("m", {"base_url": base_url, "max_new_tokens": 48}).generate(requests)
+    free = OpenAIBackend("m", {"base_url": base_url, "max_new_tokens": 48, "constrained": False}).generate(requests)
     assert not all(fmt.allows(c.text.encode()) for c in free)  # the tiny model alone does not answer in format
+
+
+def test_real_server_label_only_answers(llama_server, pm):
+    task, style, prompts = _prompts(pm, "depression")
+    fmt = task.response_format()
+    b = OpenAIBackend("m", {"base_url": llama_server[0], "answer": "label"})
+    b.preflight(["0"])
+    completions = b.generate([GenerationRequest(str(i), p, stop=style.stop, response_format=fmt)
+                              for i, p in enumerate(prompts)])
+    assert {c.text for c in completions} <= {"标签：抑郁", "标签：非抑郁"}
+
+
+def test_real_server_spoken_to_as_vllm_is_refused(llama_server, caplog):
+    """llama-cpp-python's server answers 200 and ignores structured_outputs: the canary catches it."""
+    with caplog.at_level(logging.WARNING), pytest.raises(MentalGLMError) as info:
+        OpenAIBackend("m", {"base_url": llama_server[0], "server": "vllm"}).preflight(["0"])
+    import llama_cpp
+
+    assert str(info.value).endswith(f"this server looks like llama-cpp-python {llama_cpp.__version__}, which takes "
+                                    "constraints in grammar: set server=llama.cpp or server=auto")
+    assert "/tokenize gave no ids for the GLM-4 stop tokens" in caplog.text  # it has no /tokenize
+
+
+def test_real_server_cli_run(llama_server, tmp_path):
+    out = tmp_path / "out.jsonl"
+    result = run_cli("analyze", "--task", "suicide-risk", "--backend", "openai", "--model", "m",
+                     "-O", f"base_url={llama_server[0]}", "-O", "max_new_tokens=24", "--input",
+                     str(_posts_file(tmp_path)), "--output", str(out), "--quiet", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"output": str(out), "posts": 3, "analysed": 3, "skipped": 0,
+                                         "invalid": 0, "without_label_line": 0}
+    for line in out.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        assert record["output"].startswith("标签：") and record["labels"]  # constrained: a valid label every time

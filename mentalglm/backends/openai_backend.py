@@ -1,43 +1,44 @@
 """The ``openai`` backend: completions from any OpenAI-compatible server, standard library only.
 
 Works with vLLM, llama.cpp's ``llama-server`` and llama-cpp-python's ``python -m
-llama_cpp.server``: ``POST {base_url}/completions`` with the fully rendered prompt. HTTP goes
-through :mod:`urllib.request` and a :class:`~concurrent.futures.ThreadPoolExecutor`, so the
-backend adds no dependency.
+llama_cpp.server``: ``POST {base_url}/completions`` with the fully rendered prompt, written in
+the server's dialect (:mod:`mentalglm.backends.server_dialects`): the answer constraint goes where
+that server reads it, a canary proves before the first post that it is enforced, and every answer
+is checked against it, so a server that ignores the constraint stops the run instead of passing
+unconstrained answers off as constrained. HTTP goes through :mod:`mentalglm.backends.openai_http`
+(:mod:`urllib.request`) and a :class:`~concurrent.futures.ThreadPoolExecutor`, so the backend adds
+no dependency.
 """
 
 from __future__ import annotations
 
-import email.utils
-import http.client
 import json
 import logging
 import os
-import random
-import socket
 import threading
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from typing import Any, Sequence
+from typing import Any, Iterable, Literal, Sequence
 
 from pydantic import Field, field_validator
 
 from mentalglm.core.backend import Backend, BackendOptions, Completion, GenerationRequest
 from mentalglm.core.errors import MentalGLMError, OptionsError
+from mentalglm.core.response_format import ResponseFormat
+
+from . import server_dialects as dialects
+from .openai_http import Cancelled, HTTPStatusError, JsonClient, NotJSON, public_url
+from .server_dialects import Constraint, ServerInfo
 
 log = logging.getLogger(__name__)
 
-#: HTTP statuses worth another try (rate limit, server errors, gateway trouble).
-RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-#: Longest pause between tries, whether from the backoff or from a server's ``Retry-After``.
-MAX_DELAY_S = 60.0
-#: Request fields the backend sets itself (``extra_body`` may not replace them).
-OWN_FIELDS = frozenset({"model", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream"})
-_MESSAGE_CHARS = 300
-_FRAGMENT_CHARS = 8
+#: Request fields the backend sets itself (``extra_body`` may not replace them): the constraint
+#: fields among them, because a constraint the backend did not send is one it cannot vouch for.
+OWN_FIELDS = frozenset({"model", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
+                        "grammar", "structured_outputs", "response_format", "stop_token_ids"})
+#: ``server=`` spellings people use for the llama.cpp dialect.
+_SERVER_ALIASES = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "llama_cpp": "llama.cpp",
+                   "llama-server": "llama.cpp", "llama-cpp-python": "llama.cpp"}
 
 
 class OpenAIOptions(BackendOptions):
@@ -49,6 +50,25 @@ class OpenAIOptions(BackendOptions):
     api_key_env: str = Field("OPENAI_API_KEY",
                              description="name of the environment variable holding the API key, sent as a Bearer "
                                          "token (unset or empty: no Authorization header)")
+    server: Literal["auto", "vllm", "llama.cpp", "openai"] = Field(
+        "auto", description="the server's dialect: auto (read from GET /version, /v1/models and the like), vllm "
+                            "(constraint in structured_outputs, stop_token_ids, LoRA adapters by name), llama.cpp "
+                            "(llama-server or llama-cpp-python: constraint in grammar) or openai (no constraint "
+                            "possible: needs constrained=false)")
+    constrained: bool = Field(True, description="decode only answers in the task's format; a canary before the "
+                                                "first post proves the server enforces it and every answer is "
+                                                "checked (false: send no constraint, check nothing)")
+    answer: Literal["full", "label"] = Field("full", description="full: label line and explanation (a GBNF "
+                                                                  "grammar); label: only the label line, "
+                                                                  "single-label tasks (vLLM: structured_outputs "
+                                                                  "choice)")
+    adapter: str | None = Field(None, description="a LoRA adapter the server serves by name (vllm serve … "
+                                                  "--enable-lora --lora-modules NAME=PATH): sent as the request's "
+                                                  "model; vLLM only")
+    stop_token_ids: list[int] | Literal["auto"] | None = Field(
+        "auto", description="token ids that end generation, sent to vLLM (it drops special tokens from the text, so "
+                            "the stop strings <|user|>… never match there): auto reads the ids of <|endoftext|>, "
+                            "<|user|>, <|observation|> from the server's /tokenize; a comma-separated list; none")
     concurrency: int = Field(4, ge=1, description="requests in flight at once")
     max_retries: int = Field(5, ge=0, description="further tries after a 429/500/502/503/504, a connection error "
                                                   "or a timeout")
@@ -57,25 +77,49 @@ class OpenAIOptions(BackendOptions):
     timeout: float = Field(60.0, gt=0, description="seconds to wait for the connection and for the server's answer")
     temperature: float = Field(0.0, ge=0, description="sampling temperature (0: greedy)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
-    grammar_field: str | None = Field(None, description="request field that receives the task's GBNF grammar when a "
-                                                        "request has a response format ('grammar' for llama.cpp "
-                                                        "servers)")
+    grammar_field: str | None = Field(None, description="deprecated for vLLM and llama.cpp (use server=): sends the "
+                                                        "task's GBNF under this field name instead of the dialect's "
+                                                        "own, checked like any constraint")
     repeat_penalty: float | None = Field(1.0, ge=0, description="sent as 'repeat_penalty' (llama.cpp servers; "
                                                                 "llama-cpp-python's server applies 1.1 when it is "
-                                                                "missing, so temperature 0 would not be greedy); "
-                                                                "none: leave the field out")
+                                                                "missing, so temperature 0 would not be greedy) or "
+                                                                "as vLLM's 'repetition_penalty'; none: leave it out")
     extra_body: dict[str, Any] = Field(default_factory=dict,
                                        description="JSON object of further request fields (e.g. {\"top_k\": 1})")
     trust_env_proxy: bool = Field(False, description="use HTTP(S)_PROXY from the environment (off: connect to "
                                                      "base_url directly, so post text goes nowhere else)")
 
-    @field_validator("grammar_field", "repeat_penalty", mode="before")
+    @field_validator("grammar_field", "repeat_penalty", "adapter", mode="before")
     @classmethod
     def _none_words(cls, value):
         """The command line spells None as ``none`` (``-O repeat_penalty=none``)."""
         if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
             return None
         return value
+
+    @field_validator("server", mode="before")
+    @classmethod
+    def _server_alias(cls, value):
+        if isinstance(value, str):
+            value = value.strip().lower()
+            return _SERVER_ALIASES.get(value, value)
+        return value
+
+    @field_validator("stop_token_ids", mode="before")
+    @classmethod
+    def _id_list(cls, value):
+        """``auto``, ``none``, ``151329,151336,151338`` or a JSON list."""
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.lower() in ("", "none", "null"):
+            return None
+        if text.lower() == "auto":
+            return "auto"
+        try:
+            return json.loads(text) if text.startswith("[") else [int(part) for part in text.split(",")]
+        except ValueError:
+            raise ValueError("expected auto, none or comma-separated token ids") from None
 
     @field_validator("extra_body", mode="before")
     @classmethod
@@ -89,26 +133,11 @@ class OpenAIOptions(BackendOptions):
             clash = sorted(OWN_FIELDS & set(value))
             if clash:
                 raise ValueError(f"may not set {', '.join(clash)} (the backend sets them)")
+            guided = sorted(key for key in value if str(key).startswith("guided_"))
+            if guided:
+                raise ValueError(f"{', '.join(guided)}: vLLM removed the guided_* fields in v0.12 and ignores "
+                                 "them; the backend sends structured_outputs itself (server=vllm)")
         return value
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """Redirects are not followed: a POST body must not be resent to an address nobody configured."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        return None
-
-
-class _Cancelled(MentalGLMError):
-    """Another request of the same batch failed for good, so this one was abandoned."""
-
-
-class _Retry(Exception):
-    """A try that failed in a way worth retrying."""
-
-    def __init__(self, message: str, retry_after: float | None = None):
-        super().__init__(message)
-        self.message, self.retry_after = message, retry_after
 
 
 class OpenAIBackend(Backend):
@@ -116,10 +145,22 @@ class OpenAIBackend(Backend):
 
     ``model`` is the server-side model name (vLLM's ``--served-model-name``; llama.cpp servers
     serve one model and accept any name). Each request is ``POST {base_url}/completions`` with
-    ``model``, ``prompt`` (the fully rendered prompt, e.g. starting with ``[gMASK]<sop>``),
-    ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, ``repeat_penalty`` (unless
-    set to none), the task's GBNF under ``grammar_field`` when that is set, and ``extra_body``.
-    Up to ``concurrency`` requests are in flight; completions come back in request order.
+    ``model`` (or ``adapter``), ``prompt`` (the fully rendered prompt, e.g. starting with
+    ``[gMASK]<sop>``), ``max_tokens``, ``temperature``, ``top_p``, ``seed``, ``stop``, the
+    repetition penalty (unless none), ``extra_body``, and what the server's dialect needs.
+
+    **Dialects** (``server``; ``auto`` reads the server's signs once, before the first request:
+    see :mod:`~mentalglm.backends.server_dialects`): ``vllm`` — the task's GBNF as
+    ``structured_outputs.grammar`` (``answer=label``: ``structured_outputs.choice``), the GLM-4
+    ``stop_token_ids``, ``repetition_penalty``, LoRA adapters by name; ``llama.cpp`` — the GBNF as
+    ``grammar``, ``repeat_penalty``; ``openai`` — nothing can constrain a plain ``/completions``
+    answer, so a constrained run is refused there (``constrained=false`` runs it). What was found
+    is :attr:`server_info`.
+
+    **Fail closed.** With ``constrained`` on (the default), :meth:`preflight` sends a canary
+    whose unconstrained answer would leave the grammar; an answer outside it stops the run with
+    one line naming the server and what to change. Every answer of the run is checked the same
+    way (outside the grammar, or stopped before the explanation: an error, never a prediction).
 
     **Privacy.** Post text goes only to the configured ``base_url``: no proxy from the
     environment (unless ``trust_env_proxy``), no redirects followed, no credentials in the URL.
@@ -127,7 +168,8 @@ class OpenAIBackend(Backend):
     (``redacts_by_default``: URLs, e-mail addresses, ID-card and phone numbers, @mentions; see
     :mod:`mentalglm.core.redaction`); turn it off with ``--no-redact`` / ``redact=False``. The
     API key is read from the environment variable named by ``api_key_env``; it is never an
-    option, never logged and never part of an error message. Errors never quote the prompt.
+    option, never logged and never part of an error message. Errors never quote the prompt or
+    an answer.
 
     **Tokenization.** The server tokenizes the prompt string. llama.cpp servers parse special
     tokens in it and add a BOS token only when the GGUF says ``add_bos_token = true`` (GGUFs
@@ -145,8 +187,10 @@ class OpenAIBackend(Backend):
 
     Raises:
         OptionsError: no model name, a bad option, or a ``base_url`` that is not http(s).
-        MentalGLMError: from :meth:`generate`: a non-retryable HTTP error (the status and the
-            server's message), or still failing after ``max_retries`` retries.
+        MentalGLMError: from :meth:`preflight` and :meth:`generate`: a server that does not
+            enforce the constraint, a constrained run in the ``openai`` dialect, an adapter the
+            server does not serve, a non-retryable HTTP error (the status and the server's
+            message), or still failing after ``max_retries`` retries.
     """
 
     name = "openai"
@@ -167,32 +211,198 @@ class OpenAIBackend(Backend):
             scheme, host, user = "", None, None
         if scheme not in ("http", "https") or not host:
             raise OptionsError(f"backend 'openai' option 'base_url' must be an http:// or https:// URL with a host, "
-                               f"got '{_public_url(opts.base_url)}'")
+                               f"got '{public_url(opts.base_url)}'")
         if user is not None:
             raise OptionsError("backend 'openai' option 'base_url' must not hold a user name or password; "
                                f"put the API key in the environment variable {opts.api_key_env}")
+        if not opts.constrained and opts.grammar_field:
+            raise OptionsError("backend 'openai': grammar_field sends a constraint but constrained=false; "
+                               "drop one of them")
+        if not opts.constrained and opts.answer == "label":
+            raise OptionsError("backend 'openai': answer=label needs constrained=true (the constraint makes the "
+                               "label line)")
         self.base_url = opts.base_url.strip().rstrip("/")
         self.url = f"{self.base_url}/completions"
-        key = os.environ.get(opts.api_key_env, "")
-        self._secrets = (key,) if key else ()
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if key:
-            self._headers["Authorization"] = f"Bearer {key}"
-        handlers: list = [_NoRedirect()]
-        if not opts.trust_env_proxy:
-            handlers.append(urllib.request.ProxyHandler({}))
-        self._opener = urllib.request.build_opener(*handlers)
+        self._http = JsonClient(api_key=os.environ.get(opts.api_key_env, ""), timeout=opts.timeout,
+                                max_retries=opts.max_retries, backoff=opts.backoff,
+                                trust_env_proxy=opts.trust_env_proxy)
+        self._server: ServerInfo | None = None
+        self._stop_ids: list[int] | None = None
+        self._constraints: dict[ResponseFormat, Constraint] = {}
+        self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
 
+    # -- the server ---------------------------------------------------------------------------
+    @property
+    def server_info(self) -> dict:
+        """What the run record keeps about the server (it changes predictions), JSON-ready.
+
+        ``dialect``, ``engine`` and ``version`` (None where the server does not tell),
+        ``constraint`` (the request field that carries it; None when unconstrained or
+        impossible) and ``stop_token_ids`` (those sent). Reading it identifies the server
+        first if that has not happened yet.
+        """
+        info = self._connect()
+        return {"dialect": info.dialect, "engine": info.engine, "version": info.version,
+                "constraint": self._constraint_name(info), "stop_token_ids": self._stop_ids}
+
+    def _connect(self) -> ServerInfo:
+        """Identify the server once (thread-safe): dialect, version, stop token ids, the adapter served."""
+        with self._lock:
+            if self._server is None:
+                info = self._identify()
+                if self.options.grammar_field and info.dialect != "openai":
+                    # Still the way to reach other engines' grammar fields; for these two, server= knows better.
+                    log.warning("openai backend: option grammar_field is deprecated for %s: server=llama.cpp sends "
+                                "the grammar as 'grammar', server=vllm as structured_outputs (server=auto picks "
+                                "one)", info.describe())
+                self._check_adapter(info)
+                self._stop_ids = self._resolve_stop_ids(info)
+                self._server = info
+            return self._server
+
+    def _identify(self) -> ServerInfo:
+        opts = self.options
+        forced = opts.server != "auto"
+        try:
+            engine, version, signs, models = dialects.identify(self._probe, self.base_url)
+        except MentalGLMError:
+            if not forced:
+                raise
+            # The dialect is given: the signs only add the version to the record and hints to messages.
+            engine, version, signs, models = None, None, "", ()
+        info = ServerInfo(opts.server if forced else dialects.dialect_of(engine), engine, version,
+                          "server option" if forced else signs, models, forced)
+        log.info("openai backend: %s is %s (%s); requests in the %s dialect", self.base_url, info.describe(),
+                 info.signs, info.dialect)
+        return info
+
+    def _check_adapter(self, info: ServerInfo) -> None:
+        adapter = self.options.adapter
+        if not adapter:
+            return
+        if info.dialect != "vllm":
+            raise MentalGLMError(f"openai backend: adapter={adapter} needs a vLLM server (LoRA adapters by served "
+                                 f"name); {self.base_url} is {info.describe()} in the {info.dialect} dialect "
+                                 "(llama.cpp servers load LoRA at start with --lora)")
+        if info.models and adapter not in info.models:
+            raise MentalGLMError(f"openai backend: {self.base_url} does not serve adapter '{adapter}' (it serves: "
+                                 f"{', '.join(info.models)}); start it with vllm serve … --enable-lora "
+                                 f"--lora-modules {adapter}=PATH")
+
+    def _resolve_stop_ids(self, info: ServerInfo) -> list[int] | None:
+        wanted = self.options.stop_token_ids
+        if info.dialect != "vllm":
+            # llama.cpp servers end at the GGUF's end-of-generation tokens and match the stop strings.
+            if wanted not in ("auto", None):
+                log.warning("openai backend: stop_token_ids goes to vLLM only; %s in the %s dialect does not get it",
+                            info.describe(), info.dialect)
+            return None
+        if wanted != "auto":
+            return list(wanted) if wanted else None
+        ids = []
+        for text in dialects.stop_token_texts():
+            answer = self._probe(f"{dialects.server_root(self.base_url)}/tokenize",
+                                 {"model": self.model, "prompt": text, "add_special_tokens": False})
+            tokens = answer.get("tokens") if isinstance(answer, dict) else None
+            # More than one piece: the served tokenizer does not know the token (not a GLM-4 model).
+            if isinstance(tokens, list) and len(tokens) == 1 and isinstance(tokens[0], int):
+                ids.append(tokens[0])
+        if not ids:
+            log.warning("openai backend: %s/tokenize gave no ids for the GLM-4 stop tokens; generation ends only "
+                        "where the served model's generation_config says (set -O stop_token_ids=ID,...)",
+                        dialects.server_root(self.base_url))
+        return ids or None
+
+    def _probe(self, url: str, payload: dict | None = None) -> Any:
+        """``GET url`` (or POST ``payload``): the JSON answer, or None where the endpoint is absent or not JSON.
+
+        Raises:
+            MentalGLMError: the server cannot be reached, or refuses the API key (401/403).
+        """
+        try:
+            return self._http.request(url, payload)
+        except HTTPStatusError as exc:
+            if exc.status in (401, 403):
+                raise MentalGLMError(f"{exc}; is the key in ${self.options.api_key_env} right?") from None
+            return None
+        except NotJSON:
+            return None
+
+    # -- constraints --------------------------------------------------------------------------
+    def _constraint(self, fmt: ResponseFormat | None) -> Constraint | None:
+        """How a request with answer format ``fmt`` is constrained (None: it is not).
+
+        Raises:
+            MentalGLMError: the dialect cannot constrain (``openai``), or ``answer=label`` for a
+                task that is not single-label.
+        """
+        opts = self.options
+        if fmt is None or not opts.constrained:
+            return None
+        made = self._constraints.get(fmt)
+        if made is None:
+            info = self._connect()
+            try:
+                made = dialects.constraint(info.dialect, fmt, label_only=opts.answer == "label",
+                                           grammar_field=opts.grammar_field)
+            except dialects.ConstraintUnsupported:
+                raise MentalGLMError(
+                    f"openai backend: {self.base_url} is {info.describe()}, spoken to as plain OpenAI "
+                    f"({'server option' if info.forced else info.signs}), whose /completions takes no grammar, so "
+                    "answers cannot be constrained; set server=vllm or server=llama.cpp if it is one of those, or "
+                    "constrained=false to run unconstrained") from None
+            self._constraints[fmt] = made
+        return made
+
+    def _constraint_name(self, info: ServerInfo) -> str | None:
+        if not self.options.constrained:
+            return None
+        label_only = self.options.answer == "label"
+        try:
+            return dialects.constraint(info.dialect, dialects.CANARY_LABELS if label_only else dialects.CANARY_FORMAT,
+                                       label_only=label_only, grammar_field=self.options.grammar_field).sent_as
+        except dialects.ConstraintUnsupported:
+            return None
+
+    def preflight(self, post_ids: Iterable[str], response_format: ResponseFormat | None = None) -> None:
+        """Before the first post: identify the server and prove with a canary that it enforces the constraint.
+
+        The canary asks for something far from the task format (``12345``) under the
+        constraint, with ``response_format`` when the caller gives the task's, else with a
+        grammar that uses every construct the task grammars do. A server that ignores the
+        constraint answers outside it.
+
+        Raises:
+            MentalGLMError: one line naming the server (base URL, what it is, the dialect) and
+                what to change — the canary answer is outside the grammar, the dialect cannot
+                constrain, or the adapter is not served. Nothing is checked when there are no
+                posts; only the identification when ``constrained`` is off.
+        """
+        if next(iter(post_ids), None) is None:
+            return
+        info = self._connect()
+        if not self.options.constrained:
+            log.info("openai backend: constrained=false: answers from %s are not constrained", self.base_url)
+            return
+        label_only = self.options.answer == "label"
+        fmt = response_format or (dialects.CANARY_LABELS if label_only else dialects.CANARY_FORMAT)
+        canary = GenerationRequest(id="canary", prompt=dialects.CANARY_PROMPT, stop=dialects.stop_token_texts(),
+                                   max_new_tokens=min(dialects.CANARY_TOKENS, self.options.max_new_tokens),
+                                   response_format=fmt)
+        self._complete(canary, threading.Event(), subject="the canary answer")
+        log.info("openai backend: canary passed: %s enforces %s", info.describe(), self._constraint(fmt).sent_as)
+
     # -- requests ---------------------------------------------------------------------------
     def body(self, request: GenerationRequest) -> dict:
-        """The JSON body sent for ``request``."""
+        """The JSON body sent for ``request`` (identifies the server first if need be)."""
         opts = self.options
+        info = self._connect()
         body: dict[str, Any] = dict(opts.extra_body)
         body.update({
-            "model": self.model,
+            "model": opts.adapter or self.model,
             "prompt": request.prompt,
             "max_tokens": request.max_new_tokens if request.max_new_tokens is not None else opts.max_new_tokens,
             "temperature": opts.temperature,
@@ -201,20 +411,25 @@ class OpenAIBackend(Backend):
             "stop": list(request.stop),
         })
         if opts.repeat_penalty is not None:
-            body["repeat_penalty"] = opts.repeat_penalty
-        if opts.grammar_field and request.response_format is not None:
-            body[opts.grammar_field] = request.response_format.gbnf()
+            body[dialects.penalty_field(info.dialect)] = opts.repeat_penalty
+        if info.dialect == "vllm" and self._stop_ids:
+            body["stop_token_ids"] = list(self._stop_ids)
+        constraint = self._constraint(request.response_format)
+        if constraint is not None:
+            body.update(constraint.fields)
         return body
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """One completion per request, in request order (up to ``concurrency`` in flight).
 
         Raises:
-            MentalGLMError: the first request that failed for good; the others are abandoned.
+            MentalGLMError: the first request that failed for good, or whose answer broke the
+                constraint; the others are abandoned.
         """
         requests = list(requests)
         if not requests:
             return []
+        self._connect()  # once, before the workers need it
         cancel = threading.Event()
         workers = min(self.options.concurrency, len(requests))
         if workers == 1:
@@ -226,74 +441,30 @@ class OpenAIBackend(Backend):
             failed = [f.exception() for f in futures if f.done() and not f.cancelled() and f.exception()]
             if failed:
                 cancel.set()  # the others stop before their next try
-                raise next((e for e in failed if not isinstance(e, _Cancelled)), failed[0])
+                raise next((e for e in failed if not isinstance(e, Cancelled)), failed[0])
             return [f.result() for f in futures]
         finally:
             cancel.set()
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _complete(self, request: GenerationRequest, cancel: threading.Event) -> Completion:
+    def _complete(self, request: GenerationRequest, cancel: threading.Event, subject: str | None = None) -> Completion:
         if cancel.is_set():
-            raise _Cancelled("openai backend: cancelled")
-        data = json.dumps(self.body(request), ensure_ascii=False).encode("utf-8")
-        opts = self.options
-        tries = opts.max_retries + 1
-        for attempt in range(tries):
-            try:
-                payload = self._post(data, request.prompt)
-                return self._completion(request, payload)
-            except _Retry as problem:
-                if attempt + 1 == tries:
-                    raise MentalGLMError(f"openai backend: {self.url}: {problem.message} "
-                                         f"(gave up after {tries} tries)") from None
-                delay = self._delay(attempt, problem.retry_after)
-                log.warning("openai backend: %s: %s; retry %d of %d in %.1f s", self.url, problem.message,
-                            attempt + 1, opts.max_retries, delay)
-                if cancel.wait(delay):
-                    raise _Cancelled("openai backend: cancelled") from None
-        raise AssertionError("unreachable")
-
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), MAX_DELAY_S)
-        return min(self.options.backoff * 2 ** attempt * random.uniform(0.5, 1.0), MAX_DELAY_S)
-
-    def _post(self, data: bytes, prompt: str) -> Any:
-        """One try: the parsed JSON answer, or _Retry / MentalGLMError."""
-        req = urllib.request.Request(self.url, data=data, headers=self._headers, method="POST")
+            raise Cancelled("openai backend: cancelled")
         try:
-            with self._opener.open(req, timeout=self.options.timeout) as response:
-                raw = response.read()
-        except urllib.error.HTTPError as exc:
-            status = exc.code
-            try:
-                raw_error = exc.read()
-            except (OSError, http.client.HTTPException):
-                raw_error = b""
-            finally:
-                exc.close()
-            message = self._scrub(_server_message(raw_error) or (exc.reason or ""), prompt)
-            what = f"HTTP {status}" + (f": {message}" if message else "")
-            if status in RETRY_STATUSES:
-                raise _Retry(what, _retry_after(exc.headers.get("Retry-After") if exc.headers else None)) from None
-            if 300 <= status < 400:
-                location = exc.headers.get("Location", "") if exc.headers else ""
-                what += f" (redirects are not followed; point base_url at {_public_url(location)})" if location else ""
-            raise MentalGLMError(f"openai backend: {self.url}: {what}") from None
-        except (TimeoutError, socket.timeout):
-            raise _Retry(f"no answer within {self.options.timeout:g} s") from None
-        except urllib.error.URLError as exc:
-            reason = exc.reason
-            if isinstance(reason, (TimeoutError, socket.timeout)):
-                raise _Retry(f"no answer within {self.options.timeout:g} s") from None
-            raise _Retry(f"cannot connect ({self._scrub(_one_line(str(reason)), prompt)})") from None
-        except (ConnectionError, http.client.HTTPException, OSError) as exc:
-            raise _Retry(f"connection failed ({type(exc).__name__})") from None
-        try:
-            return json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            payload = self._http.request(self.url, self.body(request), prompt=request.prompt, cancel=cancel)
+        except NotJSON:
             raise MentalGLMError(f"openai backend: {self.url}: the answer is not JSON "
                                  "(is base_url the API root, e.g. http://host:8000/v1?)") from None
+        completion = self._completion(request, payload)
+        constraint = self._constraint(request.response_format)
+        problem = constraint.violation(completion.text, completion.finish_reason) if constraint else None
+        if problem:
+            info = self._connect()
+            raise MentalGLMError(
+                f"openai backend: {self.base_url} ({info.describe()}, {info.dialect} dialect) did not enforce the "
+                f"answer constraint sent as {constraint.sent_as}: {subject or f'the answer for post {request.id}'} "
+                f"{problem}; {dialects.advice(info, constraint.sent_as)}")
+        return completion
 
     def _completion(self, request: GenerationRequest, payload: Any) -> Completion:
         try:
@@ -308,91 +479,3 @@ class OpenAIBackend(Backend):
         usage = {k: v for k, v in (usage or {}).items()
                  if k in ("prompt_tokens", "completion_tokens") and isinstance(v, int)}
         return Completion(request.id, text, usage=usage, finish_reason=choice.get("finish_reason") or "stop")
-
-    def _scrub(self, message: str, prompt: str) -> str:
-        """The server's message without secrets or pieces of the prompt, one line, bounded."""
-        for secret in self._secrets:
-            message = message.replace(secret, "***")
-        message = message[:4 * _MESSAGE_CHARS]  # an HTML error page needs no more
-        message = _drop_fragments(message, prompt)
-        message = _one_line(message)
-        return message if len(message) <= _MESSAGE_CHARS else message[:_MESSAGE_CHARS - 1] + "…"
-
-
-def _public_url(url: str) -> str:
-    """``url`` without user name and password."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-        if parts.username is None and parts.password is None:
-            return url
-        host = parts.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = host + (f":{parts.port}" if parts.port else "")
-        return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
-    except ValueError:
-        return "<invalid URL>"
-
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _server_message(raw: bytes) -> str:
-    """The error message in an error body: OpenAI/vLLM, llama.cpp, FastAPI (``detail``) or plain text."""
-    text = raw.decode("utf-8", errors="replace").strip()
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError:
-        return text
-    if isinstance(obj, dict):
-        error = obj.get("error", obj)
-        if isinstance(error, dict) and "message" in error:
-            return str(error["message"])
-        if isinstance(error, str):
-            return error
-        detail = obj.get("detail")
-        if isinstance(detail, str):
-            return detail
-        if isinstance(detail, list):  # FastAPI validation errors; their "input" may hold the prompt
-            return "; ".join(f"{'.'.join(str(p) for p in d.get('loc', ()))}: {d.get('msg', '')}"
-                             for d in detail if isinstance(d, dict))
-        if "message" in obj:
-            return str(obj["message"])
-    return text
-
-
-def _drop_fragments(message: str, prompt: str) -> str:
-    """Replace every run of at least 8 characters that also occurs in ``prompt`` by ``…``."""
-    if not prompt or len(message) < _FRAGMENT_CHARS:
-        return message
-    out, i = [], 0
-    while i < len(message):
-        j = i + _FRAGMENT_CHARS
-        if j <= len(message) and message[i:j] in prompt:
-            while j < len(message) and message[i:j + 1] in prompt:
-                j += 1
-            out.append("…")
-            i = j
-        else:
-            out.append(message[i])
-            i += 1
-    return "".join(out)
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or an HTTP date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when is None:
-        return None
-    return max(when.timestamp() - time.time(), 0.0)

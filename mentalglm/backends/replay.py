@@ -53,7 +53,7 @@ class ReplayBackend(Backend):
         if not self._outputs:
             raise DataError(self.path, None, None, "no saved outputs found")
 
-    def preflight(self, post_ids: Iterable[str]) -> None:
+    def preflight(self, post_ids: Iterable[str], response_format=None) -> None:
         """Refuse a run when any of its posts has no saved output, counting all of them."""
         self._check([str(i) for i in post_ids if str(i) not in self._outputs])
 

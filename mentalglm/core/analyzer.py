@@ -123,8 +123,14 @@ class Analyzer:
         self.response_format = self.task.response_format()
 
     def settings(self) -> dict:
-        """Everything that changes a prediction, JSON-ready: what a run record holds (data aside)."""
-        return {"task": self.task.name, "task_sha256": run_record.digest(self.task.describe()),
+        """Everything that changes a prediction, JSON-ready: what a run record holds (data aside).
+
+        A server backend adds what it identified (engine, version, dialect): a resume against an
+        upgraded server or another dialect is refused like any other changed setting.
+        """
+        server = getattr(self.backend, "server_info", None)
+        return {**({"server": server} if server is not None else {}),
+                "task": self.task.name, "task_sha256": run_record.digest(self.task.describe()),
                 "backend": self.backend.name, "model": self.backend.model, "prompt": self.prompt.name,
                 "prompt_sha256": run_record.digest(self.prompt.render("{instruction}", "{post}", self.system)),
                 "system": self.system, "mode": self.mode, "explain": self.explain if self.mode == "score" else None,
@@ -271,7 +277,7 @@ class Analyzer:
         skipped = len(done)  # the same data (the record says so): every id done is one of these posts
         if done:
             log.info("resuming: %d of %d posts already in %s", skipped, total, output)
-        self.backend.preflight(p.id for p in posts if p.id not in done)
+        self.backend.preflight((p.id for p in posts if p.id not in done), response_format=self.response_format)
         invalid = without_label_line = analysed = 0
         meter = _Progress(total - skipped, progress)
         with JsonlAppender(output) as sink:

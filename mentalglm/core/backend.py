@@ -70,6 +70,21 @@ class Completion:
     finish_reason: str = "stop"
 
 
+def _type_name(annotation) -> str:
+    """An option's type for people: ``int``, ``auto|vllm|llama.cpp``, ``str | None``."""
+    import types
+    import typing
+
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "|".join(str(value) for value in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(arg) for arg in typing.get_args(annotation))
+    if annotation is type(None):
+        return "None"
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
 class Backend(ABC):
     """Base class of backends.
 
@@ -128,16 +143,16 @@ class Backend(ABC):
         """Name, description, capabilities and options (type, default, help) for ``mentalglm backends``."""
         options = []
         for key, info in cls.Options.model_fields.items():
-            annotation = info.annotation
-            type_name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+            type_name = _type_name(info.annotation)
             default = None if info.is_required() else info.get_default(call_default_factory=True)
             options.append({"name": key, "type": type_name, "default": default,
                             "required": info.is_required(), "help": info.description or ""})
         return {"name": cls.name, "description": cls.description, "requires_model": cls.requires_model,
                 "capabilities": sorted(cls.capabilities), "options": options}
 
-    def preflight(self, post_ids: Iterable[str]) -> None:
-        """Check, before the first post of a run, that the backend can answer these posts (streamed ids).
+    def preflight(self, post_ids: Iterable[str], response_format: ResponseFormat | None = None) -> None:
+        """Check, before the first post of a run, that the backend can answer these posts (streamed ids)
+        in the task's ``response_format`` (a server must prove it enforces the constraint).
 
         Raises a one-line MentalGLMError when it cannot (``replay``: ids without saved output).
         """

@@ -256,7 +256,7 @@ class ResponseFormat:
 
     @cached_property
     def _patterns(self):
-        import regex  # the `regex` module: partial matching, which `re` lacks (transformers depends on it)
+        import regex  # the `regex` module (a dependency): partial matching, which `re` lacks
 
         constrained = self._constrained.regex()
         return (regex.compile(b"(?:" + constrained + b")" + _Class("free").regex(), regex.DOTALL),
