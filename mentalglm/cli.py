@@ -143,11 +143,74 @@ def _analyzer(args, task):
     return Analyzer(task=task, backend=args.backend, model=args.model, prompt=args.prompt,
                     options=_parse_options(args.option), system=args.system, batch_size=args.batch_size,
                     mode=args.mode, explain=not args.no_explain, redact=args.redact,
-                    strict_format=args.strict_format)
+                    strict_format=args.strict_format, calibration=_calibration(args))
+
+
+def _calibration(args):
+    """``--calibration FILE`` with ``--review-band`` applied; ``--target-recall`` must be the one it was fitted for.
+
+    The threshold is chosen on the dev run at calibrate time, never on the posts being analysed,
+    so a different target here is refused rather than silently ignored.
+    """
+    if not args.calibration:
+        if args.target_recall or args.review_band:
+            raise MentalGLMError("--target-recall and --review-band need --calibration FILE (mentalglm calibrate)")
+        return None
+    from mentalglm.core.calibration import Calibration, check_band
+
+    calibration = Calibration.load(args.calibration)
+    policy = calibration.policy
+    if args.target_recall and args.target_recall != (policy.risk_label, policy.target_recall):
+        fitted = (f"{policy.risk_label}={policy.target_recall:g}" if policy.target_recall is not None else "none")
+        raise MentalGLMError(f"{args.calibration} chose its threshold for target recall {fitted}; run mentalglm "
+                             f"calibrate --target-recall {args.target_recall[0]}={args.target_recall[1]:g} for another")
+    if args.review_band:
+        check_band(args.review_band)
+        policy.review_band = args.review_band
+    return calibration
+
+
+def cmd_calibrate(args) -> int:
+    """Fit calibrated probabilities (and a decision policy) on a labelled score-mode evaluation folder."""
+    from pathlib import Path
+
+    from mentalglm.core.calibration import calibrate, reliability_diagram
+    from mentalglm.core.files import read_json
+
+    record = Path(args.run_dir) / "run.json"
+    task_name = args.task or (read_json(record, "run record").get("task") if record.is_file() else None)
+    if not task_name:
+        raise MentalGLMError(f"{args.run_dir}: no run.json naming the task; give --task")
+    task = _plugins().task(task_name)
+    if getattr(task, "kind", "") != "single-label":
+        raise MentalGLMError(f"calibration needs a single-label task; '{task.name}' is {task.kind}")
+    calibration = calibrate(args.run_dir, task, method=args.method, target_recall=args.target_recall,
+                            review_band=args.review_band, risk_label=args.risk_label, bins=args.bins)
+    output = Path(args.output)
+    calibration.save(output)
+    chart = output.with_suffix(".png")
+    note = reliability_diagram(calibration, chart)
+    document = {**calibration.to_dict(), "sha256": calibration.sha256, "output": str(output),
+                "reliability_diagram": None if note else str(chart), "note": note}
+    if args.json:
+        _print_json(document)
+        return 0
+    before, after = document["metrics"]["before"], document["metrics"]["after"]
+    print(f"{task.name}: {args.method} on {document['dev_posts']} dev posts of {args.run_dir}: "
+          f"ECE {before['ece']:.4f} → {after['ece']:.4f}, Brier {before['brier']:.4f} → {after['brier']:.4f}")
+    policy = calibration.policy
+    if policy.threshold is not None:
+        print(f"threshold for {policy.risk_label} at target recall {policy.target_recall:g}: {policy.threshold:.4f} "
+              f"(dev recall {policy.dev_recall:.4f}, precision {policy.dev_precision:.4f})")
+    print(f"wrote {output}" + (f" and {chart}" if not note else f" ({note})"))
+    return 0
 
 
 def _print_prediction(prediction, response_format) -> None:
     status = "" if prediction.valid else f"  [invalid: {prediction.problem}]"
+    if prediction.probabilities is not None:  # calibrated: how sure, and whether a person should look
+        shown = ", ".join(f"{label} {p:.2f}" for label, p in prediction.probabilities.items())
+        status += f"  [{'needs review; ' if prediction.needs_review else ''}p: {shown}]"
     lines = response_format.answer_lines(prediction.labels if prediction.valid else (), prediction.fields)
     print(f"[{prediction.id}]{status}" if len(lines) > 1 else f"[{prediction.id}] {lines[0]}{status}")
     for line in lines if len(lines) > 1 else ():
@@ -406,6 +469,42 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="only answers with a label line (标签：…) count; others are invalid")
     parser.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     parser.add_argument("--json", action="store_true", help="JSON on stdout")
+    _add_policy_arguments(parser, applying=True)
+
+
+def _add_policy_arguments(parser: argparse.ArgumentParser, *, applying: bool) -> None:
+    if applying:
+        parser.add_argument("--calibration", metavar="FILE",
+                            help="score mode: calibration.json of mentalglm calibrate; predictions carry probabilities")
+    parser.add_argument("--target-recall", type=_target_recall, metavar="LABEL=R",
+                        help=("the threshold for LABEL reaching recall R on the dev run (chosen at calibrate time)"
+                              if applying else "choose the threshold on LABEL's probability that reaches recall R"))
+    parser.add_argument("--review-band", type=_band, metavar="LO:HI",
+                        help="posts whose risk-label probability is in [LO, HI] get needs_review: true")
+
+
+def _target_recall(text: str) -> tuple[str, float]:
+    """An argparse type: ``LABEL=R`` with 0 < R ≤ 1."""
+    label, sep, value = text.rpartition("=")
+    try:
+        recall = float(value)
+    except ValueError:
+        recall = -1.0
+    if not sep or not label.strip() or not 0 < recall <= 1:
+        raise argparse.ArgumentTypeError(f"expected LABEL=R with 0 < R ≤ 1, got '{text}'")
+    return label.strip(), recall
+
+
+def _band(text: str) -> tuple[float, float]:
+    """An argparse type: ``LO:HI`` with 0 ≤ LO ≤ HI ≤ 1."""
+    low, sep, high = text.partition(":")
+    try:
+        band = (float(low), float(high))
+    except ValueError:
+        band = (-1.0, -1.0)
+    if not sep or not 0 <= band[0] <= band[1] <= 1:
+        raise argparse.ArgumentTypeError(f"expected LO:HI with 0 ≤ LO ≤ HI ≤ 1, got '{text}'")
+    return band
 
 
 def _count(text: str) -> int:
@@ -476,6 +575,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bootstrap_arguments(p)
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("calibrate", help="calibrated probabilities and a risk-label decision policy, fitted on a "
+                                         "labelled evaluate --mode score folder")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="evaluate --mode score --output-dir of labelled dev posts")
+    p.add_argument("-o", "--output", default="calibration.json", metavar="FILE",
+                   help="the calibration file (default calibration.json; the reliability diagram goes beside it)")
+    p.add_argument("--method", choices=["temperature", "platt", "isotonic"], default="temperature",
+                   help="temperature scaling (default), or platt / isotonic (two-label tasks)")
+    p.add_argument("--risk-label", metavar="LABEL",
+                   help="the label platt/isotonic and the review band are about (default: the --target-recall "
+                        "label, else the task's reported label)")
+    p.add_argument("--bins", type=int, default=15, help="equal-width bins of the expected calibration error")
+    p.add_argument("--task", help="task file the run used, when it used one rather than a task name")
+    _add_policy_arguments(p, applying=False)
+    p.add_argument("--json", action="store_true", help="JSON on stdout")
+    p.set_defaults(func=cmd_calibrate)
 
     add_train_parser(sub)
     add_data_parser(sub)

@@ -79,3 +79,35 @@ def test_python_task_reads_numbered_levels_and_the_hook_queues_risky_posts_once(
     assert all("text" not in q for q in queue)
     assert mentalglm(env, *args).returncode == 0  # a rerun resumes: nothing is queued twice
     assert len((tmp_path / "queue.jsonl").read_text(encoding="utf-8").splitlines()) == 3
+
+
+def test_review_queue_hook_also_queues_posts_in_the_calibrated_review_band(pm, tmp_path, monkeypatch):
+    """Score mode with a calibration and a review band: the example's hook queues the band's posts with their p."""
+    import importlib
+
+    from test_calibration import SyntheticScores
+
+    from mentalglm import Analyzer, Post
+    from mentalglm.core import calibration as cal
+    from mentalglm.core import run_record
+
+    monkeypatch.syspath_prepend(str(REVIEW_QUEUE))
+    plugin = importlib.import_module("mentalglm_review_queue")
+    monkeypatch.setenv("MENTALGLM_REVIEW_QUEUE", str(tmp_path / "queue.jsonl"))
+    pm.register(plugin, name="review-queue")
+    task = pm.task("suicide-risk")
+    # Temperature 1 on log-likelihoods that are true log-probabilities: p(高自杀风险) is the q in the text.
+    calibration = cal.Calibration(method="temperature", parameters={"temperature": 1.0}, task=task.name,
+                                  task_sha256=run_record.digest(task.describe()), labels=list(task.label_names),
+                                  risk_label="高自杀风险",
+                                  policy=cal.Policy(risk_label="高自杀风险", review_band=(0.3, 0.6)))
+    backend = SyntheticScores()
+    backend.factor = 1.0
+    posts = [Post(id="low", text="q=0.1"), Post(id="unsure", text="q=0.47"), Post(id="high", text="q=0.9")]
+    analyzer = Analyzer(task=task, backend=backend, mode="score", explain=False, plugins=pm,
+                        calibration=calibration)
+    analyzer.run(posts, tmp_path / "p.jsonl")
+    queue = [json.loads(line) for line in (tmp_path / "queue.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [(q["id"], q["reason"]) for q in queue] == [("unsure", "needs review: p=0.47"),
+                                                       ("high", "high risk: 高自杀风险")]
+    assert queue[0]["labels"] == ["低自杀风险"]  # the model's label is kept, flagged by the reason

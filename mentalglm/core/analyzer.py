@@ -91,6 +91,9 @@ class Analyzer:
         strict_format: only an answer with a label line (``标签：…``) counts; by default a label
             named in prose is read too (and counted as read without a label line).
         plugins: the plugin manager to resolve names with (the process-wide one by default).
+        calibration: score mode: a :class:`~mentalglm.core.calibration.Calibration` (or its
+            calibration.json) whose probabilities and decision policy label each post; every
+            prediction then carries ``probabilities`` and ``needs_review``.
 
     Raises:
         UnknownNameError: an unknown task, prompt style or backend name.
@@ -100,7 +103,8 @@ class Analyzer:
     def __init__(self, task: Task | str, backend: Backend | str = "llamacpp", model: str | None = None, *,
                  prompt: PromptStyle | str = "glm4-chat", options: BackendOptions | Mapping[str, Any] | None = None,
                  system: str | None = None, batch_size: int = 8, mode: str = "generate", explain: bool = True,
-                 redact: bool | None = None, strict_format: bool = False, plugins: PluginManager | None = None):
+                 redact: bool | None = None, strict_format: bool = False, plugins: PluginManager | None = None,
+                 calibration: Any = None):
         self.plugins = plugins or get_plugin_manager()
         self.task = self.plugins.task(task) if isinstance(task, str) else task
         self.prompt = self.plugins.prompt(prompt) if isinstance(prompt, str) else prompt
@@ -112,6 +116,7 @@ class Analyzer:
             raise MentalGLMError(f"score mode needs a single-label task; '{self.task.name}' is {self.task.kind}")
         self.batch_size, self.system, self.mode, self.explain = batch_size, system, mode, explain
         self.strict_format = strict_format
+        self.calibration = self._calibration(calibration)  # before the backend loads: a wrong file fails fast
         if isinstance(backend, str):
             self.backend = self.plugins.backend_class(backend)(model, options)
             self._owns_backend = True
@@ -121,6 +126,18 @@ class Analyzer:
             raise MentalGLMError(f"backend '{self.backend.name}' cannot score labels; use --mode generate")
         self.redact = self.backend.redacts_by_default if redact is None else redact
         self.response_format = self.task.response_format()
+
+    def _calibration(self, calibration):
+        """Load and check a calibration: score mode only, and only one fitted for this very task."""
+        if calibration is None:
+            return None
+        from .calibration import NEEDS_SCORE_MODE, Calibration
+
+        if self.mode != "score":
+            raise MentalGLMError(NEEDS_SCORE_MODE)
+        calibration = calibration if isinstance(calibration, Calibration) else Calibration.load(calibration)
+        calibration.check_task(self.task)
+        return calibration
 
     def settings(self) -> dict:
         """Everything that changes a prediction, JSON-ready: what a run record holds (data aside).
@@ -135,7 +152,9 @@ class Analyzer:
                 "prompt_sha256": run_record.digest(self.prompt.render("{instruction}", "{post}", self.system)),
                 "system": self.system, "mode": self.mode, "explain": self.explain if self.mode == "score" else None,
                 "redact": self.redact, "strict_format": self.strict_format,
-                "options": self.backend.options.model_dump(mode="json")}
+                "options": self.backend.options.model_dump(mode="json"),
+                # Only when set: records of uncalibrated runs stay as they were.
+                **({"calibration": self.calibration.settings()} if self.calibration is not None else {})}
 
     def render(self, post: Post) -> str:
         """The exact model input for ``post`` (its own C-IMHI instruction if it has one)."""
@@ -188,6 +207,9 @@ class Analyzer:
         for post, (_, _, flags), (text, usage, scores) in zip(posts, prepared, outputs):
             prediction = self.predict_from_output(post, text)
             prediction.usage, prediction.scores = usage, scores
+            if self.calibration is not None:
+                prediction.probabilities = self.calibration.probabilities(scores)
+                prediction.needs_review = self.calibration.decide(prediction.probabilities)[1]
             prediction.truncated = bool(flags.get("truncated"))
             prediction.redactions = flags.get("redactions") or {}
             predictions.append(prediction)
@@ -198,6 +220,8 @@ class Analyzer:
         labels = list(self.task.label_names)
         scores = dict(zip(labels, self.backend.score_labels(prompt + self.response_format.label_head, labels)))
         best = max(labels, key=scores.get)
+        if self.calibration is not None:  # before the explanation, so it explains the label the policy gives
+            best = self.calibration.decide(self.calibration.probabilities(scores))[0]
         answer = self.response_format.render([best])
         usage: dict = {}
         if self.explain:

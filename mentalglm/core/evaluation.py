@@ -89,6 +89,10 @@ def evaluate(analyzer: Analyzer, posts: Sequence[Post], output_dir: str | Path, 
                  "seconds": round(time.time() - started, 3)},
         "invalid_ids": [p.id for p, r in zip(posts, responses) if not r.valid],
     }
+    if analyzer.calibration is not None:
+        from .calibration import policy_metrics
+
+        document["policy"] = policy_metrics(analyzer.calibration, [saved[p.id] for p in posts])
     write_json(folder / "metrics.json", document)
     (folder / "report.md").write_text(render_report(document), encoding="utf-8")
     return document
@@ -159,7 +163,32 @@ def render_report(document: dict) -> str:
         lines += ["", "## Confusion counts per label", "", "| label | TP | FP | FN | TN |",
                   "| --- | --- | --- | --- | --- |"]
         lines += [f"| {label} | {m['tp']} | {m['fp']} | {m['fn']} | {m['tn']} |" for label, m in matrix.items()]
+    if document.get("policy"):
+        lines += ["", *_policy_lines(document["policy"])]
     if document["invalid_ids"]:
         lines += ["", "## Invalid outputs", "", "Post ids: " + ", ".join(document["invalid_ids"]),
                   "", "Their raw text is in `predictions.jsonl` (field `output`, with `problem`)."]
     return "\n".join(lines) + "\n"
+
+
+def _policy_lines(section: dict) -> list[str]:
+    """The report's decision-policy section: the policy first, then what it decided."""
+    policy = section["policy"]
+    band = policy.get("review_band")
+    lines = ["## Decision policy (calibrated)", "",
+             f"- calibration: {policy['method']}, risk label `{policy['risk_label']}`",
+             f"- threshold: {_fmt(policy['threshold'])}" + (
+                 f" (target recall {policy['target_recall']:g}; on the dev run recall {policy['dev_recall']:.4f}, "
+                 f"precision {policy['dev_precision']:.4f})" if policy.get("target_recall") is not None else
+                 " (none: the most probable label)"),
+             f"- review band: {f'{band[0]:g} ≤ p ≤ {band[1]:g}' if band else 'none'}",
+             f"- why: {policy['why']}",
+             f"- decided: {section['decided']} of {section['posts']} (coverage {_fmt(section['coverage'])}), "
+             f"to review: {section['needs_review']}",
+             f"- risk-label recall on decided posts: {_fmt(section['risk_recall'])}, precision: "
+             f"{_fmt(section['risk_precision'])}; recall counting review as caught: "
+             f"{_fmt(section['risk_recall_with_review'])}"]
+    if "calibration" in section:
+        lines.append(f"- calibrated probabilities on these posts: ECE {section['calibration']['ece']:.4f}, "
+                     f"Brier {section['calibration']['brier']:.4f}")
+    return lines

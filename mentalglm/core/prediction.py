@@ -44,6 +44,10 @@ class Prediction:
         scores: score mode: each label's log-likelihood.
         redactions: how many phone numbers, e-mails, … were redacted before the backend saw the post.
         label_line: the labels were read from a label line (``标签：…``) rather than from prose.
+        probabilities: with a calibration (``--calibration``): label → calibrated probability.
+        needs_review: the risk label's calibrated probability is in the review band: ``labels``
+            still holds the label the policy gives (visible to the reviewer), flagged rather than
+            confident.
     """
 
     id: str
@@ -60,10 +64,18 @@ class Prediction:
     scores: dict[str, float] | None = None
     redactions: dict[str, int] = field(default_factory=dict)
     label_line: bool = False
+    probabilities: dict[str, float] | None = None
+    needs_review: bool = False
 
     def to_dict(self) -> dict:
-        """A JSON-ready dict; the post text is deliberately not included."""
+        """A JSON-ready dict; the post text is deliberately not included.
+
+        Uncalibrated predictions leave out ``probabilities`` and ``needs_review``, so their
+        records stay as they were before calibration existed.
+        """
         data = asdict(self)
+        if self.probabilities is None:
+            del data["probabilities"], data["needs_review"]
         if isinstance(self.gold, tuple):
             data["gold"] = list(self.gold)
         return data

@@ -4,9 +4,10 @@
   the level's number (``风险等级：3``) instead of its name, so the task reads digits too — the
   kind of logic a YAML task file cannot hold.
 - ``on_prediction``: every post whose label is high-risk (``高自杀风险`` of the built-in task,
-  ``高`` or ``中`` here) or that could not be read is appended to a review-queue JSONL file for a
-  human to look at. The queue lives where ``MENTALGLM_REVIEW_QUEUE`` says (default
-  ``review-queue.jsonl``); it holds ids, labels and the reason, never the post text.
+  ``高`` or ``中`` here), whose calibrated probability fell in the review band (``needs_review``), or
+  that could not be read is appended to a review-queue JSONL file for a human to look at. The
+  queue lives where ``MENTALGLM_REVIEW_QUEUE`` says (default ``review-queue.jsonl``); it holds
+  ids, labels and the reason, never the post text.
 """
 
 from __future__ import annotations
@@ -64,16 +65,33 @@ def _queued(path: Path) -> set[str]:
     return {json.loads(line)["id"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()}
 
 
+def _reason(prediction, task) -> str | None:
+    """Why a prediction goes to review, or None.
+
+    A post in the calibrated review band (``needs_review``, runs with ``--calibration``) comes
+    first: its label is only the model's uncertain guess, and the reviewer should see how unsure
+    it was. ``getattr`` keeps the plugin working with mentalglm versions before calibration.
+    """
+    if getattr(prediction, "needs_review", False):
+        probabilities = getattr(prediction, "probabilities", None) or {}
+        risky = [probabilities[label] for label in RISKY.get(task.name, ()) if label in probabilities]
+        p = max(risky or probabilities.values() or [float("nan")])
+        return f"needs review: p={p:.2f}"
+    risky = set(prediction.labels) & RISKY.get(task.name, set())
+    if risky:
+        return f"high risk: {'、'.join(sorted(risky))}"
+    return None if prediction.valid else f"unreadable: {prediction.problem}"
+
+
 @mentalglm.hookimpl
 def on_prediction(prediction, task):
-    """Queue a risky or unreadable prediction for review, once per id (so reruns add no duplicates)."""
-    risky = set(prediction.labels) & RISKY.get(task.name, set())
-    if prediction.valid and not risky:
+    """Queue a risky, uncertain (``needs_review``) or unreadable prediction, once per id (reruns add none)."""
+    reason = _reason(prediction, task)
+    if reason is None:
         return
     path = queue_path()
     if prediction.id in _queued(path):
         return
-    entry = {"id": prediction.id, "task": task.name, "labels": prediction.labels,
-             "reason": f"high risk: {'、'.join(sorted(risky))}" if risky else f"unreadable: {prediction.problem}"}
+    entry = {"id": prediction.id, "task": task.name, "labels": prediction.labels, "reason": reason}
     with open(path, "a", encoding="utf-8") as queue:
         queue.write(json.dumps(entry, ensure_ascii=False) + "\n")
