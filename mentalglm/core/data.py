@@ -34,12 +34,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .encodings import Encoding, detect_encoding, head_text, iter_lines, read_text
+from .encodings import Encoding, detect_encoding, head_text, iter_lines, open_binary, read_text
 from .errors import DataError, MentalGLMError
 from .mapping import DataMapping, is_card, load_card
 from .parsing import LABEL_SEPARATORS
 from .prediction import Post
-from .schema import RowReader, Schema
+from .schema import RowReader, Schema, string_field
 from .tables import DelimitedFile, Dialect, sniff_dialect
 
 _TOO_DEEP = "JSON nested too deeply to be a post or record"
@@ -94,14 +94,8 @@ def resolve_path(spec: str | os.PathLike) -> Path:
 
 def _read_text(path: Path) -> str:
     """The UTF-8 text of one of mentalglm's own files (predictions), new lines normalised."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataError(path, None, None, "no such file") from None
-    except IsADirectoryError:
-        raise DataError(path, None, None, "is a directory, expected a file") from None
-    except OSError as exc:
-        raise DataError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
+    with open_binary(path) as handle:
+        raw = handle.read()
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -621,22 +615,6 @@ class _Counted:
 
 
 # -- records ------------------------------------------------------------------------------------
-def _string_field(path, line: int, obj: dict, name: str, *, required: bool = True,
-                  allow_empty: bool = False) -> str | None:
-    if name not in obj or obj[name] is None:
-        if required:
-            raise DataError(path, line, name, "missing")
-        return None
-    value = obj[name]
-    allowed = (str, int) if name == "id" else (str,)  # numeric ids are common in exported data
-    if isinstance(value, bool) or not isinstance(value, allowed):
-        raise DataError(path, line, name, f"expected a string, got {type(value).__name__}")
-    value = str(value)
-    if not allow_empty and not value.strip():
-        raise DataError(path, line, name, "empty")
-    return value
-
-
 def _label_only(task, answer: str) -> bool:
     """True when an answer only names labels (``低自杀风险``): it is rendered in the task's format for training."""
     matcher = getattr(task, "matcher", None)
@@ -679,10 +657,10 @@ def iter_records(source: str | os.PathLike | DataSource, task=None, mapping: Dat
     for position, (path, line, obj) in enumerate(opened.rows(), 1):
         schema: Schema = reader.schema(obj.keys())
         if schema.shape == "record" and not schema.label:
-            record_id = _string_field(path, line, obj, "id", required=False) or str(position)
-            record = Record(instruction=_string_field(path, line, obj, "instruction"),
-                            input=_string_field(path, line, obj, "input", allow_empty=True),
-                            output=_string_field(path, line, obj, "output"), id=record_id, line=line)
+            record_id = string_field(path, line, obj, "id", required=False, numeric=True) or str(position)
+            record = Record(instruction=string_field(path, line, obj, "instruction"),
+                            input=string_field(path, line, obj, "input", allow_empty=True),
+                            output=string_field(path, line, obj, "output"), id=record_id, line=line)
             if task is not None:
                 try:
                     task.gold_from_output(record.output)
@@ -736,7 +714,7 @@ def _first_record(source: DataSource, reader: RowReader, record_id: str, before:
             continue
         try:
             schema = reader.schema(obj.keys())
-            found = (_string_field(path, line, obj, "id", required=False) or str(position)
+            found = (string_field(path, line, obj, "id", required=False, numeric=True) or str(position)
                      if schema.shape == "record" else reader.row_id(path, line, obj, position))
         except DataError:
             continue

@@ -49,16 +49,21 @@ class Encoding:
         return f"{self.name} ({self.how})"
 
 
-def _head(path: Path, size: int | None = None) -> bytes:
+def open_binary(path: str | Path):
+    """``path`` opened for reading bytes; a missing file, a folder or an OS error is a one-line DataError."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read(SNIFF_BYTES if size is None else size)
+        return open(path, "rb")
     except FileNotFoundError:
         raise DataError(path, None, None, "no such file") from None
     except IsADirectoryError:
         raise DataError(path, None, None, "is a directory, expected a file") from None
     except OSError as exc:
         raise DataError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _head(path: Path, size: int | None = None) -> bytes:
+    with open_binary(path) as handle:
+        return handle.read(SNIFF_BYTES if size is None else size)
 
 
 def _decodes(codec: str, data: bytes, final: bool) -> bool:
@@ -152,15 +157,7 @@ def open_text(path: str | Path, encoding: Encoding, *, newline: str | None = Non
     Args:
         newline: ``None`` (default) reads CRLF, CR and LF alike as ``\\n``.
     """
-    path = Path(path)
-    try:
-        raw = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(path, None, None, "no such file") from None
-    except IsADirectoryError:
-        raise DataError(path, None, None, "is a directory, expected a file") from None
-    except OSError as exc:
-        raise DataError(path, None, None, f"cannot read: {exc.strerror or exc}") from None
+    raw = open_binary(Path(path))
     return io.TextIOWrapper(raw, encoding=encoding.codec, errors="strict", newline=newline)
 
 

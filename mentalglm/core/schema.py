@@ -93,8 +93,12 @@ def _find(keys, names) -> str | None:
     return None
 
 
-def _string(path: Path, line: int, obj: dict, name: str, *, required: bool = True, allow_empty: bool = False,
-            numeric: bool = False) -> str | None:
+def string_field(path: Path, line: int, obj: dict, name: str, *, required: bool = True, allow_empty: bool = False,
+                 numeric: bool = False) -> str | None:
+    """The string in ``obj[name]`` (``numeric``: an int is taken too).
+
+    A missing, mistyped or empty value is a one-line DataError naming file, line and field.
+    """
     value = obj.get(name)
     if value is None:
         if required:
@@ -241,7 +245,7 @@ class RowReader:
                 value = None  # an empty id cell is no id
             elif isinstance(value, float) and value.is_integer():
                 value = int(value)
-        return _string(path, line, {field: value}, field, required=False, numeric=True) or str(position)
+        return string_field(path, line, {field: value}, field, required=False, numeric=True) or str(position)
 
     def post(self, path: Path, line: int, obj: dict, position: int) -> Post:
         """The Post of one row.
@@ -260,14 +264,15 @@ class RowReader:
                 raise DataError(path, line, schema.text,
                                 f"missing (named by {self.mapping.where('text_field')}; fields: "
                                 f"{', '.join(map(str, obj))})")
-            text = _string(path, line, obj, schema.text)
-            instruction = _string(path, line, obj, schema.instruction, required=False) if schema.instruction else None
+            text = string_field(path, line, obj, schema.text)
+            instruction = (string_field(path, line, obj, schema.instruction, required=False)
+                           if schema.instruction else None)
             post = Post(id="", text=text, instruction=instruction, line=line)
         elif shape == "record":
-            text = _string(path, line, obj, "input")
-            instruction = _string(path, line, obj, "instruction", required=False)
+            text = string_field(path, line, obj, "input")
+            instruction = string_field(path, line, obj, "instruction", required=False)
             post = Post(id="", text=text, instruction=instruction, line=line)
-            output = _string(path, line, obj, "output", required=False, allow_empty=True)
+            output = string_field(path, line, obj, "output", required=False, allow_empty=True)
             if self.task is not None and output is not None and not schema.label:
                 gold = self._gold_from_output(path, line, "output", output)
         elif shape in ("chat", "sharegpt"):
