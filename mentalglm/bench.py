@@ -50,6 +50,7 @@ class VariantResult:
     valid_rate: float
     primary_metric: str | None = None
     primary_value: float | None = None
+    primary_interval: dict | None = None
 
     @property
     def posts_per_second(self) -> float:
@@ -74,7 +75,7 @@ class VariantResult:
                 "p95_latency_s": self.percentile(95), "round_seconds": self.seconds,
                 "load_seconds": self.load_seconds, "memory_bytes": self.memory_bytes,
                 "valid_rate": self.valid_rate, "primary_metric": self.primary_metric,
-                "primary_value": self.primary_value}
+                "primary_value": self.primary_value, "primary_interval": self.primary_interval}
 
 
 def parse_variants(spec: str, model: str, workdir: Path, options: dict[str, dict]) -> list[Variant]:
@@ -179,13 +180,19 @@ def run_bench(variants: Sequence[Variant], task_name: str, posts: Sequence[Post]
     for variant, (load_s, memory), record in zip(variants, loads, records):
         predictions = record["predictions"]
         valid = sum(p.valid for p in predictions) / len(predictions) if predictions else 0.0
-        value = None
+        value = interval = None
         if task is not None and posts and all(p.gold is not None for p in posts):
+            from mentalglm.core.statistics import metric_intervals
+
             responses = [task.parse(p.output) for p in predictions]
-            value = task.compute_metrics([p.gold for p in posts], responses).get(task.primary_metric)
+            golds = [p.gold for p in posts]
+            metrics = task.compute_metrics(golds, responses)
+            value = metrics.get(task.primary_metric)
+            # The same seeded bootstrap as `evaluate`: a bench's accuracy column carries its 95 % interval.
+            interval = metric_intervals(task, golds, responses, metrics)[0].get(task.primary_metric)
         results.append(VariantResult(variant.label, len(posts), record["seconds"], record["latencies"],
                                      record["tokens"], load_s, memory, valid,
-                                     task.primary_metric if value is not None else None, value))
+                                     task.primary_metric if value is not None else None, value, interval))
     return results
 
 

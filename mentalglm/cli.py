@@ -390,6 +390,8 @@ def cmd_bench(args) -> int:
     rows = []
     for r in document["results"]:
         metric = "-" if r["primary_value"] is None else f"{r['primary_metric']}={r['primary_value']:.3f}"
+        if r.get("primary_interval"):
+            metric += f" [{r['primary_interval']['low']:.3f}, {r['primary_interval']['high']:.3f}]"
         rows.append((r["label"], f"{r['posts_per_second']:.2f}", f"{r['tokens_per_second']:.1f}",
                      f"{r['p50_latency_s']:.3f}", f"{r['p95_latency_s']:.3f}", _mib(r["memory_bytes"]),
                      f"{r['valid_rate']:.0%}", metric, f"{r['speed_vs_first']:.2f}×"))

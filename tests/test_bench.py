@@ -23,6 +23,9 @@ def test_bench_table_json_and_chart(tiny_models, tmp_path):
         assert len(row["round_seconds"]) == 2 and row["posts"] == 4
         assert row["posts_per_second"] == pytest.approx(4 / (sum(row["round_seconds"]) / 2))  # median of two
         assert row["valid_rate"] == 1.0 and row["primary_metric"] == "weighted_f1"
+        interval = row["primary_interval"]  # the same seeded bootstrap as evaluate's
+        assert interval["method"] == "percentile bootstrap"
+        assert interval["low"] <= row["primary_value"] <= interval["high"]
         assert 0 < row["p50_latency_s"] <= row["p95_latency_s"]
     first, second = document["results"]
     assert second["speed_vs_first"] == pytest.approx(second["posts_per_second"] / first["posts_per_second"])
