@@ -35,6 +35,25 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_until_serving(process, base_url: str, log_path, name: str, *, timeout: float, poll: float) -> None:
+    """Wait until a server started in a fixture answers ``GET {base_url}/models``; fail with its log's tail
+    if it exits or does not answer within ``timeout`` seconds (loopback only, no proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"{name} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        try:
+            with opener.open(f"{base_url}/models", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{name} did not answer within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(poll)
+
+
 class RecordingBackend(Backend):
     """An in-process fake backend (simonw/llm's ``MockModel`` idea): enqueue answers, inspect requests.
 
@@ -165,21 +184,8 @@ def llama_server(exported, tmp_path_factory):
              "--port", str(port), "--n_ctx", "512", "--n_threads", "2"],
             stdout=log_file, stderr=subprocess.STDOUT, env=env)
     base_url = f"http://127.0.0.1:{port}/v1"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"llama_cpp.server exited with {process.returncode}:\n{log_path.read_text()[-2000:]}")
-            try:
-                with opener.open(f"{base_url}/models", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"llama_cpp.server did not answer within 60 s:\n{log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
+        wait_until_serving(process, base_url, log_path, "llama_cpp.server", timeout=60, poll=0.2)
         yield base_url, path
     finally:
         process.terminate()

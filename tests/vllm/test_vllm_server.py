@@ -14,14 +14,12 @@ import json
 import os
 import signal
 import subprocess
-import time
-import urllib.request
 import warnings
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port, run_cli
+from conftest import free_port, run_cli, wait_until_serving
 from mentalglm.backends.openai_backend import OpenAIBackend
 from mentalglm.core.backend import GenerationRequest
 from mentalglm.core.errors import MentalGLMError
@@ -81,21 +79,8 @@ def vllm_server(tmp_path_factory):
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env,
                                    start_new_session=True)
     base_url = f"http://127.0.0.1:{port}/v1"
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"vLLM exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
-            try:
-                with opener.open(f"{base_url}/models", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vLLM did not answer within {START_TIMEOUT_S} s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_until_serving(process, base_url, log_path, "vLLM", timeout=START_TIMEOUT_S, poll=0.5)
         yield base_url, model_dir
     finally:
         _stop(process)
