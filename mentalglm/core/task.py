@@ -135,6 +135,18 @@ class Task:
         return {"label": (self.label_prefix, *LABEL_HEADERS),
                 "explanation": (self.explanation_prefix, *EXPLANATION_HEADERS)}
 
+    def _headed_sections(self, text: str):
+        """``(norm, headed sections without the explanation, explanation)``, or None for an empty answer.
+
+        What the parsers of tasks read from header lines (fields, pathway parts) share.
+        """
+        norm = normalize(text or "")
+        if not norm.text.strip():
+            return None
+        _, sections = split_sections(norm.text, self._headers())
+        explanation = next((norm.original(s.start, s.end) for s in sections if s.kind == "explanation"), "")
+        return norm, [s for s in sections if s.kind != "explanation"], explanation
+
 
 class ClassificationTask(Task):
     """What single- and multi-label tasks share: a fixed label set, aliases, and the label-line parser.
@@ -426,12 +438,11 @@ class ExtractionTask(Task):
 
         Fields are always read from their own header lines, so ``strict`` changes nothing here.
         """
-        norm = normalize(text or "")
-        if not norm.text.strip():
+        headed = self._headed_sections(text)
+        if headed is None:
             return ParsedResponse((), "", False, "empty response", {})
-        _, sections = split_sections(norm.text, self._headers())
-        values = {s.kind: " ".join(norm.original(s.start, s.end).split()) for s in sections if s.kind != "explanation"}
-        explanation = next((norm.original(s.start, s.end) for s in sections if s.kind == "explanation"), "")
+        norm, sections, explanation = headed
+        values = {s.kind: " ".join(norm.original(s.start, s.end).split()) for s in sections}
         if not values:
             return ParsedResponse((), explanation, False,
                                   f"none of the fields {', '.join(self.field_names)} found", {})
@@ -548,12 +559,11 @@ class HierarchicalTask(Task):
 
         Parts are always read from their own header lines, so ``strict`` changes nothing here.
         """
-        norm = normalize(text or "")
-        if not norm.text.strip():
+        headed = self._headed_sections(text)
+        if headed is None:
             return ParsedResponse((), "", False, "empty response", {})
-        _, sections = split_sections(norm.text, self._headers())
-        explanation = next((norm.original(s.start, s.end) for s in sections if s.kind == "explanation"), "")
-        found = {s.kind: s for s in sections if s.kind != "explanation"}
+        norm, sections, explanation = headed
+        found = {s.kind: s for s in sections}
         if not found:
             return ParsedResponse((), explanation, False, f"none of the parts {', '.join(self.part_names)} found", {})
         chosen: set[str] = set()
@@ -578,7 +588,7 @@ class HierarchicalTask(Task):
         parsed = self.parse(output)
         if not parsed.valid:
             raise ValueError(parsed.problem)
-        _, sections = split_sections(normalize(output).text, self._headers())
+        _, sections, _ = self._headed_sections(output)
         missing = [name for name in self.part_names if name not in {s.kind for s in sections}]
         if missing:
             raise ValueError(f"missing parts {', '.join(missing)} (write '{self.empty_values[0]}' for none)")
