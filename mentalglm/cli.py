@@ -335,7 +335,7 @@ def cmd_sizes(args) -> int:
     """File size and memory of a model per GGUF out type, from its config alone."""
     from mentalglm.converters.gguf_export import OUTTYPES
     from mentalglm.converters.glm_spec import read_spec
-    from mentalglm.converters.sizing import estimate, parameter_count
+    from mentalglm.converters.sizing import estimate, parallel_kv_cache_bytes, parameter_count
 
     spec = read_spec(args.model)
     contexts = args.ctx or [4096, 32768]
@@ -345,12 +345,16 @@ def cmd_sizes(args) -> int:
         rows.append({"outtype": outtype, "tensor_bytes": size.tensor_bytes, "bytes_by_type": size.bytes_by_type,
                      "memory_bytes": {str(n): size.memory_needed(spec, n) for n in contexts}})
     document = {"architecture": spec.architecture, "arch": spec.arch, "parameters": parameter_count(spec),
-                "kv_cache_bytes": {str(n): spec.kv_cache_bytes(n) for n in contexts}, "outtypes": rows}
+                "kv_cache_bytes": {str(n): spec.kv_cache_bytes(n) for n in contexts}, "outtypes": rows,
+                "parallel": args.parallel,
+                "parallel_kv_cache_bytes": {str(n): parallel_kv_cache_bytes(spec, n, args.parallel) for n in contexts}}
     if args.json:
         _print_json(document)
         return 0
     print(f"{spec.architecture} → {spec.arch}: {document['parameters']:,} parameters, f16 KV cache "
           + ", ".join(f"{_mib(spec.kv_cache_bytes(n))} at {n}" for n in contexts))
+    print(f"llamacpp -O parallel={args.parallel} (each sequence its own window): f16 KV cache "
+          + ", ".join(f"{_mib(parallel_kv_cache_bytes(spec, n, args.parallel))} at {n}" for n in contexts))
     print(_table([(r["outtype"], _mib(r["tensor_bytes"]), *(_mib(r["memory_bytes"][str(n)]) for n in contexts),
                    ", ".join(sorted(r["bytes_by_type"]))) for r in rows],
                  ["outtype", "weights", *(f"memory @ {n}" for n in contexts), "tensor types"]))
@@ -639,6 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="model directory or its config.json (weights not needed)")
     p.add_argument("--ctx", type=int, action="append",
                    help="context length(s) for the memory column (default 4096, 32768)")
+    p.add_argument("--parallel", type=int, default=8, metavar="N",
+                   help="parallel sequences for the KV-cache line (llamacpp -O parallel=N; default 8, the CPU default)")
     p.add_argument("--json", action="store_true", help="JSON on stdout")
     p.set_defaults(func=cmd_sizes)
 

@@ -1,8 +1,9 @@
 """How many layers of a GGUF model fit a GPU-memory budget, from the file's own tensor sizes.
 
 llama.cpp offloads whole layers (``n_gpu_layers``); a layer costs its weights plus its share
-of the KV cache at ``n_ctx``. ``n_layers + 1`` also puts the output matrix on the GPU. A fixed
-reserve covers llama.cpp's compute buffers, which the file cannot tell.
+of the KV cache at ``n_ctx`` — for every parallel sequence, since each has a window of its own
+(``n_seq``). ``n_layers + 1`` also puts the output matrix on the GPU. A fixed reserve covers
+llama.cpp's compute buffers, which the file cannot tell.
 """
 
 from __future__ import annotations
@@ -52,8 +53,13 @@ class LayerCosts:
         return count + 1 if self.output_bytes <= left else count
 
 
-def layer_costs(gguf_path: str | Path, n_ctx: int, kv_bytes_per_value: int = 2) -> LayerCosts:
-    """Per-layer GPU cost of a GGUF file at ``n_ctx`` (f16 KV cache by default)."""
+def kv_cache_bytes(n_ctx: int, n_kv_heads: int, head_dim: int, bytes_per_value: float = 2, n_seq: int = 1) -> int:
+    """KV-cache bytes of one layer: keys and values of ``n_ctx`` positions for each of ``n_seq`` sequences."""
+    return int(2 * n_ctx * n_seq * n_kv_heads * head_dim * bytes_per_value)
+
+
+def layer_costs(gguf_path: str | Path, n_ctx: int, kv_bytes_per_value: float = 2, n_seq: int = 1) -> LayerCosts:
+    """Per-layer GPU cost of a GGUF file at ``n_ctx`` (f16 KV cache by default) for ``n_seq`` parallel sequences."""
     import gguf
 
     from mentalglm.modelfiles.gguf_fields import field_value
@@ -77,6 +83,6 @@ def layer_costs(gguf_path: str | Path, n_ctx: int, kv_bytes_per_value: int = 2) 
             weights[int(found.group(1))] += int(tensor.n_bytes)
         elif tensor.name.startswith("output"):
             output += int(tensor.n_bytes)
-    kv = 2 * n_ctx * n_kv_heads * int(head_dim) * kv_bytes_per_value
+    kv = kv_cache_bytes(n_ctx, n_kv_heads, int(head_dim), kv_bytes_per_value, n_seq)
     return LayerCosts(n_layers, tuple(w + kv for w in weights), output)
 

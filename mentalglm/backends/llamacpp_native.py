@@ -1,10 +1,12 @@
 """The one place that touches llama-cpp-python below its public high-level API.
 
 llama_cpp with its C-level logs routed to Python logging, so they stay off stderr by default;
-``Llama`` objects opened with the model parameters its constructor does not expose; and the
-few reads of a ``Llama`` object's internals the backend needs (the vocabulary handle for
-end-of-generation tokens, the last row of logits). When llama-cpp-python renames them, only
-this module changes.
+``Llama`` objects opened with the model parameters its constructor does not expose; the few
+reads of a ``Llama`` object's internals the backend needs (the vocabulary handle for
+end-of-generation tokens, the last row of logits); and the low-level batch API for parallel
+sequences (:class:`BatchContext`: a multi-sequence context on a ``Llama``'s model, with one KV
+stream per sequence; :class:`SequenceSampler`: one sampler chain per sequence). When
+llama-cpp-python renames them, only this module changes.
 
 llama.cpp prints model-loading and quantization chatter from C; ``verbose=False`` does not
 silence all of it. Installing one log callback sends every line to the ``mentalglm.llama_cpp``
@@ -133,3 +135,156 @@ def open_llama(path, *, extra_buffers: bool | None = None, **kwargs):
     kwargs.setdefault("verbose", False)
     with _model_params(use_extra_bufts=extra):
         return llama_cpp.Llama(str(path), **kwargs)
+
+
+# -- many sequences at once (the llama_batch API) -------------------------------------------------
+
+
+class BatchDecodeError(RuntimeError):
+    """``llama_decode`` refused a batch; ``code`` is its return value (1: no room in the KV cache)."""
+
+    def __init__(self, code: int):
+        super().__init__(f"llama_decode returned {code}" + (" (no room in the KV cache)" if code == 1 else ""))
+        self.code = code
+
+
+def max_parallel_sequences() -> int:
+    """The most sequences one llama.cpp context can hold (``llama_max_parallel_sequences``)."""
+    return int(load_llama_cpp().llama_max_parallel_sequences())
+
+
+class BatchContext:
+    """A second llama.cpp context on an open ``Llama``'s model that decodes many sequences per call.
+
+    Each sequence has its own KV-cache stream of ``n_ctx_seq`` cells (``kv_unified`` off): a
+    sequence's attention then spans only its own tokens however many run beside it, where one
+    shared buffer would make every token attend over (and mask) the cells of all the others. A
+    stream copy (:meth:`copy`) shares an evaluated prefix between sequences.
+
+    Args:
+        llm: the ``llama_cpp.Llama`` whose model (and weights, offload and all) is used.
+        n_seq: sequences (``n_seq_max``).
+        n_ctx_seq: KV cells per sequence: its context window.
+        n_batch: the most tokens one :meth:`decode` takes (``n_batch`` = ``n_ubatch``).
+        n_threads: CPU threads.
+        type_k, type_v: KV-cache GGML types (0 = f32, 1 = f16, 8 = q8_0).
+        flash_attn: flash attention on or off (never "auto": logits must not depend on the machine).
+
+    Raises:
+        ValueError: llama.cpp could not create the context (memory).
+    """
+
+    def __init__(self, llm, *, n_seq: int, n_ctx_seq: int, n_batch: int, n_threads: int, type_k: int = 1,
+                 type_v: int = 1, flash_attn: bool = False):
+        from llama_cpp import _internals
+
+        llama_cpp = load_llama_cpp()
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx = n_ctx_seq * n_seq
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_seq_max = n_seq
+        params.n_threads = params.n_threads_batch = n_threads
+        params.type_k, params.type_v = type_k, type_v
+        params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn
+                                  else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        params.kv_unified = False
+        params.no_perf = True
+        # LlamaContext frees the native context before its model, whichever is closed first.
+        self._context = _internals.LlamaContext(model=llm._model, params=params, verbose=False)
+        self._ctx = self._context.ctx
+        self._memory = self._context.memory
+        self._llama_cpp = llama_cpp
+        self.n_seq = int(llama_cpp.llama_n_seq_max(self._ctx))
+        self.n_ctx_seq = int(llama_cpp.llama_n_ctx_seq(self._ctx))
+        self.n_batch = n_batch
+        self.n_vocab = llm.n_vocab()
+        self._batch = llama_cpp.llama_batch_init(n_batch, 0, 1)
+
+    @property
+    def native(self):
+        """The ``llama_context`` pointer (for samplers)."""
+        return self._ctx
+
+    def decode(self, tokens: list[int], positions: list[int], seqs: list[int], logits: list[bool]) -> None:
+        """Evaluate one batch: token ``i`` at ``positions[i]`` of sequence ``seqs[i]``; ``logits[i]`` keeps its row.
+
+        Raises:
+            BatchDecodeError: llama.cpp refused the batch (the KV cache is left as before).
+        """
+        batch = self._batch
+        batch.n_tokens = len(tokens)
+        for i, (token, pos, seq, keep) in enumerate(zip(tokens, positions, seqs, logits)):
+            batch.token[i] = token
+            batch.pos[i] = pos
+            batch.seq_id[i][0] = seq
+            batch.n_seq_id[i] = 1
+            batch.logits[i] = keep
+        code = self._llama_cpp.llama_decode(self._ctx, batch)
+        if code != 0:
+            raise BatchDecodeError(code)
+
+    def logits(self, index: int) -> np.ndarray:
+        """The logits row of the ``index``-th token of the last batch (one that kept its row), as float64."""
+        pointer = self._llama_cpp.llama_get_logits_ith(self._ctx, index)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).astype(np.float64)
+
+    def copy(self, source: int, target: int) -> None:
+        """Make ``target`` hold what ``source`` holds (a whole-stream copy, done before the next decode)."""
+        self._llama_cpp.llama_memory_seq_rm(self._memory, target, -1, -1)
+        self._llama_cpp.llama_memory_seq_cp(self._memory, source, target, -1, -1)
+
+    def truncate(self, seq: int, length: int) -> None:
+        """Drop the cells of ``seq`` at positions ``length`` and later."""
+        self._llama_cpp.llama_memory_seq_rm(self._memory, seq, length, -1)
+
+    def close(self) -> None:
+        """Free the batch and the context (the model stays with its ``Llama``)."""
+        if self._batch is not None:
+            self._llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        self._context.close()
+
+
+class SequenceSampler:
+    """One sequence's own sampler chain, built as ``Llama.generate`` builds it.
+
+    The chain (grammar first, then greedy, or top-p and temperature with a dist sampler seeded
+    with ``seed``) holds the sequence's grammar state and random state, so constrained answers
+    stay valid and sampling stays reproducible however sequences interleave: each sequence
+    samples exactly as the one-post-at-a-time path does for the same post. Greedy decoding
+    without a grammar is the argmax of the logits row (the first maximum, as llama.cpp's greedy
+    sampler picks it), read in place: the chain would copy the whole vocabulary per token.
+
+    Args:
+        llm: the ``Llama`` whose chain construction is used.
+        temperature, top_p: as the backend's options.
+        seed: the seed of this sequence's random state.
+        grammar: a ``llama_cpp.LlamaGrammar`` or None.
+    """
+
+    def __init__(self, llm, *, temperature: float, top_p: float, seed: int, grammar=None):
+        self._llama_cpp = load_llama_cpp()
+        self._chain = None
+        if temperature == 0.0 and grammar is None:
+            return
+        previous = llm._seed
+        llm.set_seed(seed)
+        try:
+            # private: the very chain Llama.generate samples with (same samplers, same order)
+            self._chain = llm._init_sampler(top_k=0, top_p=top_p, min_p=0.0, temp=temperature, repeat_penalty=1.0,
+                                            grammar=grammar)
+        finally:
+            llm.set_seed(previous)
+
+    def sample(self, context: BatchContext, index: int) -> int:
+        """Sample from row ``index`` of the last batch and advance this chain (grammar) with the token."""
+        if self._chain is None:
+            pointer = self._llama_cpp.llama_get_logits_ith(context.native, index)
+            return int(np.ctypeslib.as_array(pointer, shape=(context.n_vocab,)).argmax())
+        return int(self._llama_cpp.llama_sampler_sample(self._chain.sampler, context.native, index))
+
+    def close(self) -> None:
+        """Free the chain."""
+        if self._chain is not None:
+            self._chain.close()
+            self._chain = None

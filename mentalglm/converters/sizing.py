@@ -77,6 +77,11 @@ def estimate(spec: GLMSpec, outtype: str) -> SizeEstimate:
     return SizeEstimate(outtype, sum(by_type.values()), by_type)
 
 
+def parallel_kv_cache_bytes(spec: GLMSpec, n_ctx: int, n_seq: int, bytes_per_value: int = 2) -> int:
+    """KV cache of the llamacpp backend with ``n_seq`` parallel sequences: each has its own ``n_ctx`` window."""
+    return n_seq * spec.kv_cache_bytes(n_ctx, bytes_per_value)
+
+
 def parameter_count(spec: GLMSpec) -> int:
     """Parameters of the GGUF model (what llama.cpp loads)."""
     return sum(int(np.prod(shape, dtype=np.int64)) for shape in spec.gguf_shapes().values())
