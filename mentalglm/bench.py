@@ -142,8 +142,11 @@ def machine_info() -> dict:
 
 
 def run_bench(variants: Sequence[Variant], task_name: str, posts: Sequence[Post], *, rounds: int = 3,
-              mode: str = "generate", batch_size: int = 8, progress=None) -> list[VariantResult]:
-    """Load every variant, then analyse ``posts`` with each in rotating order for ``rounds`` rounds."""
+              mode: str = "generate", batch_size: int | None = None, progress=None) -> list[VariantResult]:
+    """Load every variant, then analyse ``posts`` with each in rotating order for ``rounds`` rounds.
+
+    ``batch_size`` posts go to a variant at a time; by default what its backend prefers.
+    """
     from mentalglm.core.analyzer import Analyzer
 
     analyzers, loads = [], []
@@ -161,8 +164,9 @@ def run_bench(variants: Sequence[Variant], task_name: str, posts: Sequence[Post]
                 record = records[index]
                 start = time.perf_counter()
                 predictions = []
-                for batch_start in range(0, len(posts), batch_size):
-                    batch = posts[batch_start:batch_start + batch_size]
+                size = analyzers[index].batch_size
+                for batch_start in range(0, len(posts), size):
+                    batch = posts[batch_start:batch_start + size]
                     t0 = time.perf_counter()
                     done = list(analyzers[index].analyze_many(batch))
                     record["latencies"].extend([time.perf_counter() - t0] * len(done))

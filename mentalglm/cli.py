@@ -385,7 +385,8 @@ def cmd_bench(args) -> int:
     results = run_bench(variants, args.task, posts, rounds=args.rounds, mode=args.mode, batch_size=args.batch_size,
                         progress=progress)
     meta = {"task": args.task, "model": args.model, "data": args.data, "posts": len(posts), "rounds": args.rounds,
-            "mode": args.mode, "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
+            "mode": args.mode, "batch_size": args.batch_size or "backend default",
+            "max_new_tokens": args.max_new_tokens,
             "variants": [vars(v) for v in variants]}
     document = write_report(results, out_dir, meta)
     if args.json:
@@ -462,7 +463,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--system", help="system message for chat prompt styles")
     parser.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
                         help="backend option, repeatable (see `mentalglm backends`)")
-    parser.add_argument("--batch-size", type=int, default=8, help="posts per backend call (default 8)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="posts per backend call (default: the backend's choice, 8; llamacpp: 4 per parallel slot)")
     parser.add_argument("--mode", choices=["generate", "score"], default="generate",
                         help="generate the answer, or (single-label tasks) pick the label by log-likelihood")
     parser.add_argument("--no-explain", action="store_true", help="score mode: skip generating the explanation")
@@ -629,7 +631,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--posts", type=int, default=32, help="how many posts of the file (default 32)")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds (default 3)")
     p.add_argument("--mode", choices=["generate", "score"], default="generate")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="posts per backend call (default: each backend's choice)")
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("-O", "--option", action="append", metavar="BACKEND.KEY=VALUE", help="backend option, repeatable")
     p.add_argument("--output-dir", default="runs/bench", metavar="DIR", help="bench.json, bench.png, exported GGUFs")

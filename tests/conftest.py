@@ -74,6 +74,7 @@ class RecordingBackend(Backend):
         self._context_length = context_length
         self.requests: list[GenerationRequest] = []
         self.scored: list[tuple[str, list[str]]] = []
+        self.calls: list[tuple[str, int]] = []  # (method, posts in the call), in call order
         self.preflighted: list[list[str]] = []
         self.closed = False
 
@@ -86,9 +87,14 @@ class RecordingBackend(Backend):
         self.preflight_format = response_format
 
     def generate(self, requests):
+        self.calls.append(("generate", len(requests)))
         self.requests.extend(requests)
         return [Completion(r.id, self.answers.pop(0) if self.answers else self.default,
                            {"prompt_tokens": len(r.prompt), "completion_tokens": 1}) for r in requests]
+
+    def score_labels_batch(self, prompts, candidates):
+        self.calls.append(("score_labels_batch", len(prompts)))
+        return super().score_labels_batch(prompts, candidates)
 
     def score_labels(self, prompt, candidates):
         self.scored.append((prompt, list(candidates)))

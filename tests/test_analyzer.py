@@ -93,6 +93,28 @@ def test_score_mode_without_explanation_generates_nothing(pm):
     assert prediction.output == "标签：非抑郁" and backend.requests == []
 
 
+def test_score_mode_scores_a_batch_in_one_call_and_explains_it_in_one_call(pm):
+    # Backends with parallel sequences score (and explain) the posts of a batch together.
+    backend = RecordingBackend(["一。", "二。", "三。"], scores={"抑郁": -0.5, "非抑郁": -2.0})
+    predictions = list(analyzer(pm, backend, mode="score", batch_size=3).analyze_many(POSTS))
+    assert backend.calls == [("score_labels_batch", 3), ("generate", 3)]
+    assert [p.output for p in predictions] == [f"标签：抑郁\n解释：{n}。" for n in "一二三"]
+    assert [p.id for p in predictions] == ["a", "b", "c"]
+
+
+def test_batch_size_defaults_to_what_the_backend_prefers(pm):
+    class Wide(RecordingBackend):
+        @property
+        def preferred_batch_size(self):
+            return 2
+
+    backend = Wide()
+    a = analyzer(pm, backend)
+    list(a.analyze_many(POSTS))
+    assert a.batch_size == 2 and backend.calls == [("generate", 2), ("generate", 1)]
+    assert analyzer(pm, RecordingBackend()).batch_size == 8
+
+
 def test_score_mode_refuses_multi_label_tasks(pm):
     with pytest.raises(MentalGLMError, match="single-label"):
         analyzer(pm, task="cognitive-distortion", mode="score")

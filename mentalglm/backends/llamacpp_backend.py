@@ -119,8 +119,8 @@ class LlamaCppBackend(Backend):
     together in a multi-sequence llama.cpp context (:mod:`~mentalglm.backends.llamacpp_batch`),
     each with its own ``n_ctx`` window and sampler chain; answers equal those of ``parallel=1``
     (on quantized files up to llama.cpp's rounding, which differs between one and many tokens per call).
-    The Analyzer hands the backend ``batch_size`` posts per call, so give it a batch at least as
-    large as ``parallel`` (a few times larger keeps the slots full while posts end).
+    The Analyzer hands the backend ``batch_size`` posts per call; by default
+    :attr:`preferred_batch_size`, four per slot, which keeps the slots full while posts end.
 
     Attributes:
         parallel: sequences decoded together (1: one post at a time).
@@ -210,6 +210,11 @@ class LlamaCppBackend(Backend):
     def context_length(self) -> int:
         """The context window of one post (with parallel sequences: of each sequence)."""
         return self._decoder.context.n_ctx_seq if self._decoder else self.llm.n_ctx()
+
+    @property
+    def preferred_batch_size(self) -> int:
+        """A few posts per slot, so slots are refilled as posts end instead of draining each batch."""
+        return max(8, 4 * self.parallel)
 
     # -- generation --------------------------------------------------------------------------
     def _grammar(self, response_format):

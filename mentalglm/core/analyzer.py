@@ -80,7 +80,8 @@ class Analyzer:
         prompt: a PromptStyle or a registered name; ``glm4-chat`` by default.
         options: backend options (mapping or the backend's Options model).
         system: an optional system message for chat prompt styles.
-        batch_size: posts per backend call.
+        batch_size: posts per backend call; default: what the backend prefers
+            (``preferred_batch_size``: 8, or four per slot for llama.cpp's parallel sequences).
         mode: ``generate`` (the model writes label line and explanation) or ``score``
             (single-label tasks: the label with the highest log-likelihood after ``标签：``
             wins, no free generation for the label).
@@ -102,19 +103,19 @@ class Analyzer:
 
     def __init__(self, task: Task | str, backend: Backend | str = "llamacpp", model: str | None = None, *,
                  prompt: PromptStyle | str = "glm4-chat", options: BackendOptions | Mapping[str, Any] | None = None,
-                 system: str | None = None, batch_size: int = 8, mode: str = "generate", explain: bool = True,
+                 system: str | None = None, batch_size: int | None = None, mode: str = "generate", explain: bool = True,
                  redact: bool | None = None, strict_format: bool = False, plugins: PluginManager | None = None,
                  calibration: Any = None):
         self.plugins = plugins or get_plugin_manager()
         self.task = self.plugins.task(task) if isinstance(task, str) else task
         self.prompt = self.plugins.prompt(prompt) if isinstance(prompt, str) else prompt
-        if batch_size < 1:
+        if batch_size is not None and batch_size < 1:
             raise MentalGLMError("batch size must be at least 1")
         if mode not in ("generate", "score"):
             raise MentalGLMError(f"unknown mode '{mode}'; use generate or score")
         if mode == "score" and getattr(self.task, "kind", "") != "single-label":
             raise MentalGLMError(f"score mode needs a single-label task; '{self.task.name}' is {self.task.kind}")
-        self.batch_size, self.system, self.mode, self.explain = batch_size, system, mode, explain
+        self.system, self.mode, self.explain = system, mode, explain
         self.strict_format = strict_format
         self.calibration = self._calibration(calibration)  # before the backend loads: a wrong file fails fast
         if isinstance(backend, str):
@@ -125,6 +126,7 @@ class Analyzer:
         if mode == "score" and "score_labels" not in self.backend.capabilities:
             raise MentalGLMError(f"backend '{self.backend.name}' cannot score labels; use --mode generate")
         self.redact = self.backend.redacts_by_default if redact is None else redact
+        self.batch_size = batch_size or self.backend.preferred_batch_size
         self.response_format = self.task.response_format()
 
     def _calibration(self, calibration):
@@ -198,7 +200,7 @@ class Analyzer:
     def _predictions(self, posts: Sequence[Post]) -> list[Prediction]:
         prepared = [self._prepare(p) for p in posts]
         if self.mode == "score":
-            outputs = [self._score(p, prompt) for p, prompt, _ in prepared]
+            outputs = self._score([(p, prompt) for p, prompt, _ in prepared])
         else:
             requests = [GenerationRequest(id=p.id, prompt=prompt, stop=self.prompt.stop,
                                           response_format=self.response_format) for p, prompt, _ in prepared]
@@ -215,21 +217,22 @@ class Analyzer:
             predictions.append(prediction)
         return predictions
 
-    def _score(self, post: Post, prompt: str) -> tuple[str, dict, dict]:
-        """Label by log-likelihood after the label header; the explanation is generated for that label."""
+    def _score(self, prepared: Sequence[tuple[Post, str]]) -> list[tuple[str, dict, dict]]:
+        """Label each post by log-likelihood after the label header (the posts scored in one call),
+        then generate the explanations of the chosen labels in one call."""
         labels = list(self.task.label_names)
-        scores = dict(zip(labels, self.backend.score_labels(prompt + self.response_format.label_head, labels)))
-        best = max(labels, key=scores.get)
+        rows = self.backend.score_labels_batch([prompt + self.response_format.label_head for _, prompt in prepared],
+                                               labels)
+        scores = [dict(zip(labels, row)) for row in rows]
+        chosen = [max(labels, key=s.get) for s in scores]
         if self.calibration is not None:  # before the explanation, so it explains the label the policy gives
-            best = self.calibration.decide(self.calibration.probabilities(scores))[0]
-        answer = self.response_format.render([best])
-        usage: dict = {}
-        if self.explain:
-            lead = self.response_format.explanation_lead([best])
-            completion = self.backend.generate([GenerationRequest(id=post.id, prompt=prompt + lead,
-                                                                  stop=self.prompt.stop)])[0]
-            answer, usage = lead + completion.text, dict(completion.usage)
-        return answer, usage, scores
+            chosen = [self.calibration.decide(self.calibration.probabilities(s))[0] for s in scores]
+        if not self.explain:
+            return [(self.response_format.render([best]), {}, s) for best, s in zip(chosen, scores)]
+        leads = [self.response_format.explanation_lead([best]) for best in chosen]
+        completions = self.backend.generate([GenerationRequest(id=post.id, prompt=prompt + lead, stop=self.prompt.stop)
+                                             for (post, prompt), lead in zip(prepared, leads)])
+        return [(lead + c.text, dict(c.usage), s) for lead, c, s in zip(leads, completions, scores)]
 
     def predict_from_output(self, post: Post, output: str) -> Prediction:
         """Parse a model output for ``post`` into a Prediction (no backend call)."""

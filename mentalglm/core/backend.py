@@ -170,6 +170,18 @@ class Backend(ABC):
         """
         raise NotImplementedError(f"backend '{self.name}' cannot score labels")
 
+    def score_labels_batch(self, prompts: Sequence[str], candidates: Sequence[str]) -> list[list[float]]:
+        """:meth:`score_labels` for several prompts (one list of scores per prompt, in order).
+
+        Backends that can score prompts together (llama.cpp's parallel sequences) override this.
+        """
+        return [self.score_labels(prompt, candidates) for prompt in prompts]
+
+    @property
+    def preferred_batch_size(self) -> int:
+        """Posts per :meth:`generate` call that keep this backend busy (the Analyzer's default batch)."""
+        return 8
+
     def token_count(self, text: str) -> int | None:
         """Tokens in ``text`` as this backend's model counts them (special tokens parsed), or None if unknown."""
         return None
