@@ -158,8 +158,8 @@ def answering(text, finish_reason="stop"):
     return lambda body, n: Reply(body={"choices": [{"text": text, "finish_reason": finish_reason}]})
 
 
-@pytest.fixture
-def fake():
+def _serving():
+    """A FakeOpenAI on loopback for one test, shut down afterwards."""
     server = FakeOpenAI()
     server.thread.start()
     yield server
@@ -167,6 +167,9 @@ def fake():
     server.server.shutdown()
     server.server.server_close()
     server.thread.join(timeout=5)
+
+
+fake = pytest.fixture(_serving, name="fake")
 
 
 def backend(url, **options):
@@ -371,6 +374,7 @@ def test_auto_detects_vllm_and_speaks_its_dialect(fake, tasks):
     assert body["structured_outputs"] == {"grammar": fmt.gbnf()}
     assert body["stop_token_ids"] == [151329, 151336, 151338] and body["stop"] == ["<|user|>"]
     assert body["repetition_penalty"] == 1.0
+    assert body["add_special_tokens"] is False  # the prompt already starts with [gMASK]<sop>
     assert not {"grammar", "repeat_penalty", "response_format"} & set(body)
     assert b.server_info == {"dialect": "vllm", "engine": "vLLM", "version": "0.32.0",
                              "constraint": "structured_outputs.grammar", "stop_token_ids": [151329, 151336, 151338]}
@@ -705,6 +709,113 @@ def test_analyzer_redacts_before_sending(fake, pm):
                   redact=False) as a:
         a.analyze(text)
     assert text in fake.bodies[1]["prompt"]
+
+
+# -- replicas ------------------------------------------------------------------------------------
+fake2 = pytest.fixture(_serving, name="fake2")  # a second server: replicas
+
+
+@pytest.mark.parametrize("given", ["http://b/v1, http://a/v1/", '["http://b/v1", "http://a/v1"]',
+                                   ["http://b/v1", "http://a/v1"]])
+def test_base_url_lists_are_a_set_of_replicas(given):
+    assert OpenAIBackend("m", {"base_url": given}).options.base_url == ["http://a/v1", "http://b/v1"]
+    assert OpenAIBackend("m", {"base_url": "http://a/v1/"}).options.base_url == "http://a/v1/"  # one: as it was
+
+
+@pytest.mark.parametrize("given, message", [
+    ("http://a/v1,http://a/v1/", "names a replica more than once: http://a/v1"),
+    ("http://a/v1,ftp://b/v1", "http:// or https://.*got 'ftp://b/v1'"),
+    ("[oops", "not a JSON list"),
+])
+def test_bad_replica_lists(given, message):
+    with pytest.raises(OptionsError, match=message):
+        OpenAIBackend("m", {"base_url": given})
+
+
+def test_a_dead_replica_is_retried_on_the_live_one_and_counted(fake, caplog):
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    b = backend(f"{dead},{fake.url}", server="llama.cpp", constrained=False, concurrency=2, max_retries=2)
+    with caplog.at_level(logging.WARNING):
+        completions = b.generate([request(i) for i in range(6)])
+    assert [c.text for c in completions] == ["echo:" + request(i).prompt for i in range(6)]
+    assert len(fake.requests) == 6
+    counts = b.run_stats()["replicas"]
+    assert counts[dead]["failures"] >= 1 and counts[dead]["taken_out"] == 1 and not counts[dead]["in_service"]
+    assert counts[fake.url] == {"requests": 6, "failures": 0, "taken_out": 0, "in_service": True}
+    assert f"replica {dead} taken out for 30 s" in caplog.text and POST not in caplog.text
+    assert backend(fake.url).run_stats() == {}  # one server: nothing to report
+
+
+def test_a_5xx_moves_to_another_replica_and_a_4xx_does_not(fake, fake2):
+    fake.reply = lambda body, n: Reply(503, {"error": {"message": "overloaded"}})
+    b = backend(f"{fake.url},{fake2.url}", server="llama.cpp", constrained=False, concurrency=1)
+    assert [c.text for c in b.generate([request(0), request(1)])] == ["echo:" + request(i).prompt for i in (0, 1)]
+    assert len(fake.requests) == 1 and len(fake2.requests) == 2
+    fake2.reply = lambda body, n: Reply(400, {"error": {"message": "bad request"}})
+    with pytest.raises(MentalGLMError, match="HTTP 400: bad request"):
+        b.generate([request(2)])
+    assert len(fake.requests) == 1 and len(fake2.requests) == 3  # the fault is the request's: not sent elsewhere
+
+
+def test_every_replica_is_identified_and_must_be_the_same_server(fake, fake2):
+    fake.act_as("vllm")
+    fake2.act_as("llama-cpp-python")
+    with pytest.raises(MentalGLMError) as info:
+        backend(f"{fake.url},{fake2.url}").server_info  # noqa: B018
+    message = str(info.value)
+    assert "\n" not in message and "the replicas of a run must be the same server and model" in message
+    assert fake.url in message and fake2.url in message and "llama-cpp-python 0.3.36" in message
+
+
+def test_the_canary_goes_to_every_replica_and_names_the_one_that_fails(fake, fake2, tasks):
+    fmt = tasks["depression"].response_format()
+    fake.act_as("llama-server").reply = enforcing(fmt)
+    fake2.act_as("llama-server").reply = answering("12345")
+    urls = sorted([fake.url, fake2.url])
+    with pytest.raises(MentalGLMError) as info:
+        backend(",".join(urls)).preflight(["1"], response_format=fmt)
+    assert str(info.value).startswith(f"openai backend: {fake2.url} (llama.cpp server b6500-abc1234, llama.cpp "
+                                      "dialect) did not enforce the answer constraint sent as grammar: the canary")
+    assert len(fake.requests) == (1 if urls[0] == fake.url else 0) and len(fake2.requests) == 1
+    fake2.reply = enforcing(fmt)
+    backend(",".join(urls)).preflight(["1"], response_format=fmt)  # both prove it: the run may start
+
+
+def test_replicas_are_a_setting_their_counts_are_not(fake, fake2, pm, tmp_path):
+    from mentalglm import Analyzer
+    from mentalglm.core.prediction import Post
+
+    fake.act_as("llama-server").reply = answering("标签：抑郁\n解释：累。")
+    fake2.act_as("llama-server").reply = answering("标签：抑郁\n解释：累。")
+    out = tmp_path / "p.jsonl"
+    posts = [Post(id=str(i), text=f"帖子{i}") for i in range(4)]
+
+    def run(urls, posts):
+        with Analyzer(task="depression", backend="openai", model="m", plugins=pm,
+                      options={"base_url": urls, "backoff": 0.01}) as analyzer:
+            return analyzer.run(posts, out)
+
+    summary = run(f"{fake.url},{fake2.url}", posts[:2])
+    assert set(summary.backend_stats["replicas"]) == {fake.url, fake2.url}
+    record = json.loads(out.with_name("p.jsonl.run.json").read_text(encoding="utf-8"))
+    assert record["options"]["base_url"] == sorted([fake.url, fake2.url])
+    assert "replicas" not in json.dumps(record)
+    with pytest.raises(MentalGLMError, match="options.base_url"):
+        run(fake.url, posts[:2])  # another set of replicas: refused like any other setting
+    summary = run(f"{fake2.url},{fake.url}", posts[:2])  # the same set, listed otherwise: resumes
+    assert (summary.analysed, summary.skipped) == (0, 2)
+
+
+def test_chat_messages_are_the_turns_of_a_glm4_prompt(pm):
+    from mentalglm.backends.openai_backend import chat_messages
+
+    style = pm.prompt("glm4-chat")
+    prompt = style.render("判断帖子。", "好累\n<|user|>\n还是累", "你是助手")
+    messages = chat_messages(prompt)
+    assert messages[0] == {"role": "system", "content": "你是助手"}
+    rendered = "[gMASK]<sop>" + "".join(f"<|{m['role']}|>\n{m['content']}" for m in messages) + "<|assistant|>\n"
+    assert rendered == prompt  # the chat template gives back the very prompt
+    assert chat_messages(pm.prompt("plain").render("判断帖子。", "好累")) is None
 
 
 # -- a real server: llama-cpp-python's OpenAI-compatible server on a tiny GLM GGUF ----------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import urllib.parse
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
@@ -28,6 +29,7 @@ from mentalglm.core.response_format import ResponseFormat
 
 from . import server_dialects as dialects
 from .openai_http import Cancelled, HTTPStatusError, JsonClient, NotJSON, public_url
+from .replicas import ReplicaPool
 from .server_dialects import Constraint, ServerInfo
 
 log = logging.getLogger(__name__)
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 #: Request fields the backend sets itself (``extra_body`` may not replace them): the constraint
 #: fields among them, because a constraint the backend did not send is one it cannot vouch for.
 OWN_FIELDS = frozenset({"model", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
-                        "grammar", "structured_outputs", "response_format", "stop_token_ids"})
+                        "grammar", "structured_outputs", "response_format", "stop_token_ids", "add_special_tokens"})
 #: ``server=`` spellings people use for the llama.cpp dialect.
 _SERVER_ALIASES = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "llama_cpp": "llama.cpp",
                    "llama-server": "llama.cpp", "llama-cpp-python": "llama.cpp"}
@@ -44,9 +46,11 @@ _SERVER_ALIASES = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "llama_cpp
 class OpenAIOptions(BackendOptions):
     """Options of the openai backend."""
 
-    base_url: str = Field("http://127.0.0.1:8000/v1",
-                          description="the server's OpenAI API root (http or https); requests go to "
-                                      "{base_url}/completions")
+    base_url: str | list[str] = Field(
+        "http://127.0.0.1:8000/v1",
+        description="the server's OpenAI API root (http or https); requests go to {base_url}/completions. Several "
+                    "replicas of one server: a comma-separated list (or a JSON list); each request goes to the least "
+                    "busy, a failing replica is retried elsewhere and taken out for replica_cooldown seconds")
     api_key_env: str = Field("OPENAI_API_KEY",
                              description="name of the environment variable holding the API key, sent as a Bearer "
                                          "token (unset or empty: no Authorization header)")
@@ -75,6 +79,8 @@ class OpenAIOptions(BackendOptions):
     backoff: float = Field(0.5, ge=0, description="seconds before the first retry, doubling each time, with jitter "
                                                   "(a Retry-After header from the server takes precedence)")
     timeout: float = Field(60.0, gt=0, description="seconds to wait for the connection and for the server's answer")
+    replica_cooldown: float = Field(30.0, ge=0, description="seconds a replica that failed (no connection, 5xx, 429, "
+                                                            "timeout) stays out before one request probes it again")
     temperature: float = Field(0.0, ge=0, description="sampling temperature (0: greedy)")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
     grammar_field: str | None = Field(None, description="deprecated for vLLM and llama.cpp (use server=): sends the "
@@ -95,6 +101,30 @@ class OpenAIOptions(BackendOptions):
         """The command line spells None as ``none`` (``-O repeat_penalty=none``)."""
         if isinstance(value, str) and value.strip().lower() in ("", "none", "null"):
             return None
+        return value
+
+    @field_validator("base_url", mode="before")
+    @classmethod
+    def _replicas(cls, value):
+        """One URL as given; several (``http://a/v1,http://b/v1`` or a JSON list): a sorted list, a set of replicas."""
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError:
+                    raise ValueError("not a JSON list of URLs") from None
+            elif "," in text:
+                value = text.split(",")
+        if isinstance(value, (list, tuple)):
+            urls = [str(url).strip().rstrip("/") for url in value if str(url).strip()]
+            if not urls:
+                raise ValueError("no URL given")
+            twice = sorted({public_url(url) for url in urls if urls.count(url) > 1})
+            if twice:
+                raise ValueError(f"names a replica more than once: {', '.join(twice)}")
+            # A set: the order given changes no prediction, so a rerun listing them otherwise resumes.
+            return urls[0] if len(urls) == 1 else sorted(urls)
         return value
 
     @field_validator("server", mode="before")
@@ -162,6 +192,11 @@ class OpenAIBackend(Backend):
     one line naming the server and what to change. Every answer of the run is checked the same
     way (outside the grammar, or stopped before the explanation: an error, never a prediction).
 
+    **Replicas.** ``base_url`` may list several servers of one model (:mod:`~mentalglm.backends.replicas`):
+    each request goes to the least busy, a failed try moves to another replica at once and takes the failed
+    one out for ``replica_cooldown`` seconds; every replica is identified and passes the canary before the
+    first post, and :meth:`run_stats` counts requests, failures and times taken out per replica.
+
     **Privacy.** Post text goes only to the configured ``base_url``: no proxy from the
     environment (unless ``trust_env_proxy``), no redirects followed, no credentials in the URL.
     Because that server may be another machine, the Analyzer **redacts posts by default** for this backend
@@ -203,26 +238,20 @@ class OpenAIBackend(Backend):
     def __init__(self, model: str | None = None, options=None):
         super().__init__(model, options)
         opts = self.options
-        try:
-            parts = urllib.parse.urlsplit(opts.base_url.strip())
-            scheme, host, user = parts.scheme.lower(), parts.hostname, parts.username
-            parts.port  # noqa: B018 -- raises ValueError on a bad port
-        except ValueError:
-            scheme, host, user = "", None, None
-        if scheme not in ("http", "https") or not host:
-            raise OptionsError(f"backend 'openai' option 'base_url' must be an http:// or https:// URL with a host, "
-                               f"got '{public_url(opts.base_url)}'")
-        if user is not None:
-            raise OptionsError("backend 'openai' option 'base_url' must not hold a user name or password; "
-                               f"put the API key in the environment variable {opts.api_key_env}")
+        urls = [opts.base_url] if isinstance(opts.base_url, str) else list(opts.base_url)
+        for url in urls:
+            _check_url(url, opts.api_key_env)
         if not opts.constrained and opts.grammar_field:
             raise OptionsError("backend 'openai': grammar_field sends a constraint but constrained=false; "
                                "drop one of them")
         if not opts.constrained and opts.answer == "label":
             raise OptionsError("backend 'openai': answer=label needs constrained=true (the constraint makes the "
                                "label line)")
-        self.base_url = opts.base_url.strip().rstrip("/")
+        #: The replicas' API roots; :attr:`base_url` is the first (one server: the only one).
+        self.base_urls = [url.strip().rstrip("/") for url in urls]
+        self.base_url = self.base_urls[0]
         self.url = f"{self.base_url}/completions"
+        self._pool = ReplicaPool(self.base_urls, cooldown=opts.replica_cooldown)
         self._http = JsonClient(api_key=os.environ.get(opts.api_key_env, ""), timeout=opts.timeout,
                                 max_retries=opts.max_retries, backoff=opts.backoff,
                                 trust_env_proxy=opts.trust_env_proxy)
@@ -232,7 +261,12 @@ class OpenAIBackend(Backend):
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
-        return f"OpenAIBackend(model={self.model!r}, base_url={self.base_url!r})"
+        shown = self.base_url if len(self.base_urls) == 1 else self.base_urls
+        return f"OpenAIBackend(model={self.model!r}, base_url={shown!r})"
+
+    def run_stats(self) -> dict:
+        """Per-replica counts (requests, failures, times taken out) when ``base_url`` lists several replicas."""
+        return {"replicas": self._pool.counts()} if len(self.base_urls) > 1 else {}
 
     # -- the server ---------------------------------------------------------------------------
     @property
@@ -249,25 +283,75 @@ class OpenAIBackend(Backend):
                 "constraint": self._constraint_name(info), "stop_token_ids": self._stop_ids}
 
     def _connect(self) -> ServerInfo:
-        """Identify the server once (thread-safe): dialect, version, stop token ids, the adapter served."""
+        """Identify the server once (thread-safe): dialect, version, stop token ids, the adapter served.
+
+        With replicas, every one is identified and must be the same (engine, version, dialect, stop
+        token ids): the run record holds one server, and a request may go to any of them.
+
+        Raises:
+            MentalGLMError: a replica differs from the first, naming both.
+        """
         with self._lock:
             if self._server is None:
-                info = self._identify()
+                found = []
+                for url in self.base_urls:
+                    info = self._identify(url)
+                    self._check_adapter(info, url)
+                    found.append((url, info, self._resolve_stop_ids(info, url)))
+                first_url, info, stop_ids = found[0]
+                for url, other, other_ids in found[1:]:
+                    seen = (other.dialect, other.engine, other.version, other_ids)
+                    if seen != (info.dialect, info.engine, info.version, stop_ids):
+                        raise MentalGLMError(
+                            f"openai backend: replica {url} is {other.describe()} ({other.dialect} dialect, stop "
+                            f"token ids {other_ids}) but {first_url} is {info.describe()} ({info.dialect} dialect, "
+                            f"stop token ids {stop_ids}); the replicas of a run must be the same server and model")
                 if self.options.grammar_field and info.dialect != "openai":
                     # Still the way to reach other engines' grammar fields; for these two, server= knows better.
                     log.warning("openai backend: option grammar_field is deprecated for %s: server=llama.cpp sends "
                                 "the grammar as 'grammar', server=vllm as structured_outputs (server=auto picks "
                                 "one)", info.describe())
-                self._check_adapter(info)
-                self._stop_ids = self._resolve_stop_ids(info)
+                self._stop_ids = stop_ids
                 self._server = info
             return self._server
 
-    def _identify(self) -> ServerInfo:
+    def offline(self) -> ServerInfo:
+        """Write requests for no server in particular (batch files): the dialect is the ``server`` option.
+
+        Nothing is probed. vLLM's ``stop_token_ids`` come from the option; with ``auto`` they are
+        read from the model folder's ``tokenizer.json`` when ``model`` is one (``vllm run-batch
+        --model DIR`` serves it under that name), else left out with a warning.
+
+        Raises:
+            OptionsError: ``server=auto`` (there is no server to ask).
+        """
+        opts = self.options
+        if opts.server == "auto":
+            raise OptionsError("backend 'openai': a batch file is written for no server in particular; choose the "
+                               "dialect with --server vllm, llama.cpp or openai")
+        with self._lock:
+            if self._server is None:
+                info = ServerInfo(opts.server, signs="server option", forced=True)
+                wanted = opts.stop_token_ids
+                if info.dialect != "vllm":
+                    ids = None
+                elif wanted != "auto":
+                    ids = list(wanted) if wanted else None
+                else:
+                    ids = _folder_stop_ids(self.model)
+                    if ids is None:
+                        log.warning("openai backend: stop_token_ids=auto: '%s' is no model folder with a "
+                                    "tokenizer.json, so no stop_token_ids are written; generation ends only where "
+                                    "the served model's generation_config says (set -O stop_token_ids=ID,...)",
+                                    self.model)
+                self._server, self._stop_ids = info, ids
+            return self._server
+
+    def _identify(self, base_url: str) -> ServerInfo:
         opts = self.options
         forced = opts.server != "auto"
         try:
-            engine, version, signs, models = dialects.identify(self._probe, self.base_url)
+            engine, version, signs, models = dialects.identify(self._probe, base_url)
         except MentalGLMError:
             if not forced:
                 raise
@@ -275,24 +359,24 @@ class OpenAIBackend(Backend):
             engine, version, signs, models = None, None, "", ()
         info = ServerInfo(opts.server if forced else dialects.dialect_of(engine), engine, version,
                           "server option" if forced else signs, models, forced)
-        log.info("openai backend: %s is %s (%s); requests in the %s dialect", self.base_url, info.describe(),
+        log.info("openai backend: %s is %s (%s); requests in the %s dialect", base_url, info.describe(),
                  info.signs, info.dialect)
         return info
 
-    def _check_adapter(self, info: ServerInfo) -> None:
+    def _check_adapter(self, info: ServerInfo, base_url: str) -> None:
         adapter = self.options.adapter
         if not adapter:
             return
         if info.dialect != "vllm":
             raise MentalGLMError(f"openai backend: adapter={adapter} needs a vLLM server (LoRA adapters by served "
-                                 f"name); {self.base_url} is {info.describe()} in the {info.dialect} dialect "
+                                 f"name); {base_url} is {info.describe()} in the {info.dialect} dialect "
                                  "(llama.cpp servers load LoRA at start with --lora)")
         if info.models and adapter not in info.models:
-            raise MentalGLMError(f"openai backend: {self.base_url} does not serve adapter '{adapter}' (it serves: "
+            raise MentalGLMError(f"openai backend: {base_url} does not serve adapter '{adapter}' (it serves: "
                                  f"{', '.join(info.models)}); start it with vllm serve … --enable-lora "
                                  f"--lora-modules {adapter}=PATH")
 
-    def _resolve_stop_ids(self, info: ServerInfo) -> list[int] | None:
+    def _resolve_stop_ids(self, info: ServerInfo, base_url: str) -> list[int] | None:
         wanted = self.options.stop_token_ids
         if info.dialect != "vllm":
             # llama.cpp servers end at the GGUF's end-of-generation tokens and match the stop strings.
@@ -304,7 +388,7 @@ class OpenAIBackend(Backend):
             return list(wanted) if wanted else None
         ids = []
         for text in dialects.stop_token_texts():
-            answer = self._probe(f"{dialects.server_root(self.base_url)}/tokenize",
+            answer = self._probe(f"{dialects.server_root(base_url)}/tokenize",
                                  {"model": self.model, "prompt": text, "add_special_tokens": False})
             tokens = answer.get("tokens") if isinstance(answer, dict) else None
             # More than one piece: the served tokenizer does not know the token (not a GLM-4 model).
@@ -313,7 +397,7 @@ class OpenAIBackend(Backend):
         if not ids:
             log.warning("openai backend: %s/tokenize gave no ids for the GLM-4 stop tokens; generation ends only "
                         "where the served model's generation_config says (set -O stop_token_ids=ID,...)",
-                        dialects.server_root(self.base_url))
+                        dialects.server_root(base_url))
         return ids or None
 
     def _probe(self, url: str, payload: dict | None = None) -> Any:
@@ -379,7 +463,8 @@ class OpenAIBackend(Backend):
             MentalGLMError: one line naming the server (base URL, what it is, the dialect) and
                 what to change — the canary answer is outside the grammar, the dialect cannot
                 constrain, or the adapter is not served. Nothing is checked when there are no
-                posts; only the identification when ``constrained`` is off.
+                posts; only the identification when ``constrained`` is off. With replicas the
+                canary goes to every one, and the first that fails it is named.
         """
         if next(iter(post_ids), None) is None:
             return
@@ -392,18 +477,38 @@ class OpenAIBackend(Backend):
         canary = GenerationRequest(id="canary", prompt=dialects.CANARY_PROMPT, stop=dialects.stop_token_texts(),
                                    max_new_tokens=min(dialects.CANARY_TOKENS, self.options.max_new_tokens),
                                    response_format=fmt)
-        self._complete(canary, threading.Event(), subject="the canary answer")
-        log.info("openai backend: canary passed: %s enforces %s", info.describe(), self._constraint(fmt).sent_as)
+        for url in self.base_urls:  # any replica may get any post: each must prove it constrains
+            self._complete(canary, threading.Event(), subject="the canary answer", replica=url)
+            log.info("openai backend: canary passed: %s (%s) enforces %s", url, info.describe(),
+                     self._constraint(fmt).sent_as)
 
     # -- requests ---------------------------------------------------------------------------
-    def body(self, request: GenerationRequest) -> dict:
-        """The JSON body sent for ``request`` (identifies the server first if need be)."""
+    def body(self, request: GenerationRequest, *, chat: bool = False) -> dict:
+        """The JSON body sent for ``request`` (identifies the server first if need be; :meth:`offline` skips that).
+
+        Args:
+            chat: a ``/chat/completions`` body: the rendered prompt's turns as ``messages``
+                (:func:`chat_messages`; vLLM's batch runner takes only chat requests) in place of
+                ``prompt``; everything else, the constraint included, is the same.
+
+        Raises:
+            MentalGLMError: ``chat`` and a prompt that is not a GLM-4 chat prompt.
+        """
         opts = self.options
         info = self._connect()
         body: dict[str, Any] = dict(opts.extra_body)
+        if chat:
+            messages = chat_messages(request.prompt)
+            if messages is None:
+                raise MentalGLMError(f"openai backend: the prompt of post {request.id} is not a GLM-4 chat prompt "
+                                     "([gMASK]<sop><|user|>\\n…<|assistant|>\\n), so it cannot be sent as chat "
+                                     "messages; use the /completions endpoint")
+            text: dict[str, Any] = {"messages": messages}
+        else:
+            text = {"prompt": request.prompt}
         body.update({
             "model": opts.adapter or self.model,
-            "prompt": request.prompt,
+            **text,
             "max_tokens": request.max_new_tokens if request.max_new_tokens is not None else opts.max_new_tokens,
             "temperature": opts.temperature,
             "top_p": opts.top_p,
@@ -414,6 +519,10 @@ class OpenAIBackend(Backend):
             body[dialects.penalty_field(info.dialect)] = opts.repeat_penalty
         if info.dialect == "vllm" and self._stop_ids:
             body["stop_token_ids"] = list(self._stop_ids)
+        if info.dialect == "vllm" and not chat:
+            # The prompt is rendered whole ([gMASK]<sop> included); vLLM's completions route would let the HF
+            # tokenizer prepend GLM-4's prefix a second time (seen: 2 more prompt tokens than the chat route).
+            body["add_special_tokens"] = False
         constraint = self._constraint(request.response_format)
         if constraint is not None:
             body.update(constraint.fields)
@@ -447,35 +556,106 @@ class OpenAIBackend(Backend):
             cancel.set()
             pool.shutdown(wait=True, cancel_futures=True)
 
-    def _complete(self, request: GenerationRequest, cancel: threading.Event, subject: str | None = None) -> Completion:
+    def _complete(self, request: GenerationRequest, cancel: threading.Event, subject: str | None = None,
+                  replica: str | None = None) -> Completion:
+        """Send ``request`` to ``replica``, or to the least busy replica with fail-over; check the answer."""
         if cancel.is_set():
             raise Cancelled("openai backend: cancelled")
+        body = self.body(request)
+        url = replica or self.base_url
         try:
-            payload = self._http.request(self.url, self.body(request), prompt=request.prompt, cancel=cancel)
-        except NotJSON:
-            raise MentalGLMError(f"openai backend: {self.url}: the answer is not JSON "
-                                 "(is base_url the API root, e.g. http://host:8000/v1?)") from None
-        completion = self._completion(request, payload)
+            if replica is not None:
+                payload = self._http.request(f"{replica}/completions", body, prompt=request.prompt, cancel=cancel)
+            else:
+                url, payload = self._pool.send(self._http, "/completions", body, tries=self.options.max_retries + 1,
+                                               prompt=request.prompt, cancel=cancel)
+        except NotJSON as exc:
+            raise MentalGLMError(f"{exc} (is base_url the API root, e.g. http://host:8000/v1?)") from None
+        completion = self._completion(request, payload, url)
         constraint = self._constraint(request.response_format)
         problem = constraint.violation(completion.text, completion.finish_reason) if constraint else None
         if problem:
             info = self._connect()
             raise MentalGLMError(
-                f"openai backend: {self.base_url} ({info.describe()}, {info.dialect} dialect) did not enforce the "
+                f"openai backend: {url} ({info.describe()}, {info.dialect} dialect) did not enforce the "
                 f"answer constraint sent as {constraint.sent_as}: {subject or f'the answer for post {request.id}'} "
                 f"{problem}; {dialects.advice(info, constraint.sent_as)}")
         return completion
 
-    def _completion(self, request: GenerationRequest, payload: Any) -> Completion:
-        try:
-            choice = payload["choices"][0]
-            text = choice["text"]
-            if not isinstance(text, str):
-                raise TypeError
-        except (KeyError, IndexError, TypeError):
-            raise MentalGLMError(f"openai backend: {self.url}: the answer has no choices[0].text "
-                                 "(is this an OpenAI-compatible completions endpoint?)") from None
+    def _completion(self, request: GenerationRequest, payload: Any, base_url: str) -> Completion:
+        text, choice = completion_text(payload)
+        if text is None:
+            raise MentalGLMError(f"openai backend: {base_url}/completions: the answer has no choices[0].text "
+                                 "(is this an OpenAI-compatible completions endpoint?)")
         usage = payload.get("usage") if isinstance(payload, dict) else None
         usage = {k: v for k, v in (usage or {}).items()
                  if k in ("prompt_tokens", "completion_tokens") and isinstance(v, int)}
         return Completion(request.id, text, usage=usage, finish_reason=choice.get("finish_reason") or "stop")
+
+
+def completion_text(payload: Any) -> tuple[str | None, dict]:
+    """The answer's text and its first choice: ``choices[0].text`` (completions) or ``.message.content`` (chat).
+
+    ``(None, {})`` when the payload holds neither.
+    """
+    try:
+        choice = payload["choices"][0]
+        text = choice["text"] if "text" in choice else choice["message"]["content"]
+    except (KeyError, IndexError, TypeError):
+        return None, {}
+    return (text, choice) if isinstance(text, str) else (None, {})
+
+
+#: A GLM-4 turn marker as the glm4-chat prompt style (and GLM-4's chat template) writes it.
+_TURN = re.compile(r"<\|(system|user|assistant|observation)\|>\n")
+_CHAT_HEAD, _CHAT_TAIL = "[gMASK]<sop>", "<|assistant|>\n"
+
+
+def chat_messages(prompt: str) -> list[dict] | None:
+    """The chat turns of a rendered GLM-4 chat prompt, or None when ``prompt`` is not one.
+
+    ``[gMASK]<sop><|system|>\\nS<|user|>\\nU<|assistant|>\\n`` → ``[{"role": "system", "content": "S"},
+    {"role": "user", "content": "U"}]``: the messages GLM-4's chat template renders back to exactly
+    ``prompt``, so a chat endpoint reads the same text the completions endpoint would.
+    """
+    if not (prompt.startswith(_CHAT_HEAD) and prompt.endswith(_CHAT_TAIL)):
+        return None
+    inner = prompt[len(_CHAT_HEAD):-len(_CHAT_TAIL)]
+    pieces = _TURN.split(inner)
+    if len(pieces) < 3 or pieces[0]:
+        return None
+    messages = [{"role": role, "content": content} for role, content in zip(pieces[1::2], pieces[2::2])]
+    if "".join(f"<|{m['role']}|>\n{m['content']}" for m in messages) != inner:
+        return None
+    return messages
+
+
+def _check_url(url: str, api_key_env: str) -> None:
+    """Refuse a base URL that is not http(s) with a host, or that holds credentials (never echoed)."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        scheme, host, user = parts.scheme.lower(), parts.hostname, parts.username
+        parts.port  # noqa: B018 -- raises ValueError on a bad port
+    except ValueError:
+        scheme, host, user = "", None, None
+    if scheme not in ("http", "https") or not host:
+        raise OptionsError(f"backend 'openai' option 'base_url' must be an http:// or https:// URL with a host, "
+                           f"got '{public_url(url)}'")
+    if user is not None:
+        raise OptionsError("backend 'openai' option 'base_url' must not hold a user name or password; "
+                           f"put the API key in the environment variable {api_key_env}")
+
+
+def _folder_stop_ids(model: str | None) -> list[int] | None:
+    """The GLM-4 stop tokens' ids in ``model``'s ``tokenizer.json`` when ``model`` is a local folder, else None."""
+    from pathlib import Path
+
+    if not model:
+        return None
+    try:
+        added = json.loads((Path(model) / "tokenizer.json").read_text(encoding="utf-8")).get("added_tokens") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    ids = {t.get("content"): t.get("id") for t in added if isinstance(t, dict)}
+    found = [ids[text] for text in dialects.stop_token_texts() if isinstance(ids.get(text), int)]
+    return found or None

@@ -48,8 +48,13 @@ class NotJSON(MentalGLMError):
     """The answer body is not JSON (an HTML page, a proxy's error text)."""
 
 
-class _Retry(Exception):
-    """A try that failed in a way worth retrying."""
+class Retryable(Exception):
+    """A try that failed in a way worth retrying (elsewhere or later): 429/5xx, no connection, a timeout.
+
+    Attributes:
+        message: one line saying what went wrong (no secrets, no pieces of the prompt).
+        retry_after: seconds the server asked to wait (``Retry-After``), or None.
+    """
 
     def __init__(self, message: str, retry_after: float | None = None):
         super().__init__(message)
@@ -100,16 +105,16 @@ class JsonClient:
             Cancelled: ``cancel`` was set while waiting to retry.
             MentalGLMError: still failing after ``max_retries`` retries.
         """
-        data = None if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        data = _encode(payload)
         tries = self.max_retries + 1
         for attempt in range(tries):
             try:
                 return self._once(url, data, prompt)
-            except _Retry as problem:
+            except Retryable as problem:
                 if attempt + 1 == tries:
                     raise MentalGLMError(f"openai backend: {url}: {problem.message} "
                                          f"(gave up after {tries} tries)") from None
-                delay = self._delay(attempt, problem.retry_after)
+                delay = self.delay(attempt, problem.retry_after)
                 log.warning("openai backend: %s: %s; retry %d of %d in %.1f s", url, problem.message,
                             attempt + 1, self.max_retries, delay)
                 if cancel is None:
@@ -118,7 +123,17 @@ class JsonClient:
                     raise Cancelled("openai backend: cancelled") from None
         raise AssertionError("unreachable")
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
+    def try_once(self, url: str, payload: Any = None, *, prompt: str = "") -> Any:
+        """One try of :meth:`request`, for callers that retry elsewhere (replicas).
+
+        Raises:
+            Retryable: a failure worth another try (429/5xx, no connection, a timeout).
+            HTTPStatusError: a status not worth retrying. NotJSON: the answer is not JSON.
+        """
+        return self._once(url, _encode(payload), prompt)
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before retry ``attempt + 1``: ``Retry-After`` if given, else the jittered backoff."""
         if retry_after is not None:
             return min(max(retry_after, 0.0), MAX_DELAY_S)
         return min(self.backoff * 2 ** attempt * random.uniform(0.5, 1.0), MAX_DELAY_S)
@@ -139,20 +154,20 @@ class JsonClient:
             message = self.scrub(server_message(raw_error) or (exc.reason or ""), prompt)
             what = f"HTTP {status}" + (f": {message}" if message else "")
             if status in RETRY_STATUSES:
-                raise _Retry(what, retry_after(exc.headers.get("Retry-After") if exc.headers else None)) from None
+                raise Retryable(what, retry_after(exc.headers.get("Retry-After") if exc.headers else None)) from None
             if 300 <= status < 400:
                 location = exc.headers.get("Location", "") if exc.headers else ""
                 what += f" (redirects are not followed; point base_url at {public_url(location)})" if location else ""
             raise HTTPStatusError(f"openai backend: {url}: {what}", status) from None
         except (TimeoutError, socket.timeout):
-            raise _Retry(f"no answer within {self.timeout:g} s") from None
+            raise Retryable(f"no answer within {self.timeout:g} s") from None
         except urllib.error.URLError as exc:
             reason = exc.reason
             if isinstance(reason, (TimeoutError, socket.timeout)):
-                raise _Retry(f"no answer within {self.timeout:g} s") from None
-            raise _Retry(f"cannot connect ({self.scrub(one_line(str(reason)), prompt)})") from None
+                raise Retryable(f"no answer within {self.timeout:g} s") from None
+            raise Retryable(f"cannot connect ({self.scrub(one_line(str(reason)), prompt)})") from None
         except (ConnectionError, http.client.HTTPException, OSError) as exc:
-            raise _Retry(f"connection failed ({type(exc).__name__})") from None
+            raise Retryable(f"connection failed ({type(exc).__name__})") from None
         try:
             return json.loads(raw.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
@@ -166,6 +181,10 @@ class JsonClient:
         message = drop_fragments(message, prompt)
         message = one_line(message)
         return message if len(message) <= _MESSAGE_CHARS else message[:_MESSAGE_CHARS - 1] + "…"
+
+
+def _encode(payload: Any) -> bytes | None:
+    return None if payload is None else json.dumps(payload, ensure_ascii=False).encode("utf-8")
 
 
 def public_url(url: str) -> str:

@@ -179,3 +179,58 @@ def test_cli_evaluate_on_vllm(vllm_server, tmp_path):
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     assert len(predictions) == 3 and all(p["valid"] and p["output"].startswith("标签：") for p in predictions)
     assert json.loads((out / "run.json").read_text(encoding="utf-8"))["options"]["server"] == "auto"
+
+
+# -- batch files through vllm run-batch ------------------------------------------------------------
+def _stop_ids(model_dir) -> str:
+    added = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))["added_tokens"]
+    ids = {t["content"]: t["id"] for t in added}
+    return ",".join(str(ids[t]) for t in ("<|endoftext|>", "<|user|>", "<|observation|>"))
+
+
+def test_batch_files_round_trip_through_vllm_run_batch(vllm_server, tmp_path):
+    """Export, ``python -m vllm.entrypoints.openai.run_batch``, import: every answer in the grammar, and the same
+    answers as the live server (its /v1/completions route, one at a time, as the runner with --max-num-seqs 1).
+    vLLM's batch runner takes only /v1/chat/completions: the export sends the GLM-4 prompt's turns as messages."""
+    base_url, model_dir = vllm_server
+    data = tmp_path / "posts.jsonl"
+    posts = [*POSTS, "有事打我电话13812345678，最近总是失眠。", "又是一个人吃饭的一天。"]
+    data.write_text("".join(json.dumps({"id": f"p{i}", "text": t, "label": "抑郁" if i % 2 else "非抑郁"},
+                                       ensure_ascii=False) + "\n" for i, t in enumerate(posts)), encoding="utf-8")
+    options = ["-O", "max_new_tokens=24", "-O", f"stop_token_ids={_stop_ids(model_dir)}"]
+    requests, results, predictions = tmp_path / "requests.jsonl", tmp_path / "results.jsonl", tmp_path / "pred.jsonl"
+    exported = run_cli("batch", "export", "--task", "depression", "--data", str(data), "--model", "tiny-glm",
+                       *options, "-o", str(requests), "--json")
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["endpoint"] == "/v1/chat/completions"
+    assert "13812345678" not in requests.read_text(encoding="utf-8")  # redacted: the file leaves the machine
+
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind",
+           "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    log_path = tmp_path / "run-batch.log"
+    with open(log_path, "wb") as log_file:
+        ran = subprocess.run([VLLM_PYTHON, "-m", "vllm.entrypoints.openai.run_batch", "-i", str(requests),
+                              "-o", str(results), "--model", str(model_dir), "--served-model-name", "tiny-glm",
+                              "--dtype", "float32", "--max-model-len", "512", "--max-num-seqs", "1",
+                              "--enforce-eager"], stdout=log_file, stderr=subprocess.STDOUT, env=env, timeout=600)
+    assert ran.returncode == 0, log_path.read_text(errors="replace")[-4000:]
+
+    imported = run_cli("batch", "import", str(results), "--task", "depression", "--requests", str(requests),
+                       "-o", str(predictions), "--json")
+    assert imported.returncode == 0, imported.stderr
+    summary = json.loads(imported.stdout)
+    assert (summary["imported"], summary["problems"], summary["missing"]) == (len(posts), 0, 0)
+    batch = {p["id"]: p for p in map(json.loads, predictions.read_text(encoding="utf-8").splitlines())}
+    assert all(p["valid"] and p["output"].startswith("标签：") for p in batch.values())  # the grammar held
+    again = run_cli("batch", "import", str(results), "--task", "depression", "--requests", str(requests),
+                    "-o", str(predictions), "--json")
+    assert again.returncode == 0 and json.loads(again.stdout)["imported"] == 0  # idempotent
+
+    served = tmp_path / "served.jsonl"
+    live = run_cli("analyze", "--task", "depression", "--backend", "openai", "--model", "tiny-glm",
+                   "-O", f"base_url={base_url}", "-O", "concurrency=1", *options, "--input", str(data),
+                   "--output", str(served), "--quiet", timeout=300)
+    assert live.returncode == 0, live.stderr
+    online = {p["id"]: p for p in map(json.loads, served.read_text(encoding="utf-8").splitlines())}
+    assert {i: p["output"] for i, p in batch.items()} == {i: p["output"] for i, p in online.items()}
+    assert {i: p["labels"] for i, p in batch.items()} == {i: p["labels"] for i, p in online.items()}
