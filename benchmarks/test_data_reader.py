@@ -4,6 +4,9 @@ What is measured, per layout:
 
 - ``jsonl-ids``: ``{"id": "p17", "text": …, "label": "抑郁"}`` — JSON parsing, a label read by the
   task's matcher (cached per spelling), explicit ids (the duplicate-id table is in use);
+- ``json-array``: C-IMHI ``{"instruction", "input", "output"}`` records in one JSON array (how
+  the authors' releases come) — streamed item by item (:mod:`mentalglm.core.json_array`), gold
+  labels read from each ``output``, ids are positions;
 - ``tsv-numeric``: a SOS-HL-1K-style ``.csv`` that is tab-separated, ``id<TAB>label<TAB>comment``
   with 0/1 labels through ``--label-map`` — delimiter sniffing, CSV splitting, the label map;
 - ``tsv-positional``: the same without the id column (ids are positions: no id table at all).
@@ -68,6 +71,7 @@ _CHILD = textwrap.dedent("""
 
 LAYOUTS = {
     "jsonl-ids": ("depression", None),
+    "json-array": ("depression", None),
     "tsv-numeric": ("suicide-risk", {"0": "低自杀风险", "1": "高自杀风险"}),
     "tsv-positional": ("suicide-risk", {"0": "低自杀风险", "1": "高自杀风险"}),
 }
@@ -79,6 +83,13 @@ def _write(path: Path, layout: str, lines: int) -> Path:
             for i in range(lines):
                 handle.write(json.dumps({"id": f"p{i}", "text": _TEXTS[i % 5], "label": "抑郁" if i % 3 else "非抑郁"},
                                         ensure_ascii=False) + "\n")
+        elif layout == "json-array":  # C-IMHI records in one JSON array, as its releases come
+            handle.write("[\n")
+            for i in range(lines):
+                record = {"instruction": "判断是否抑郁。", "input": _TEXTS[i % 5],
+                          "output": f"标签：{'抑郁' if i % 3 else '非抑郁'}\n解释：……"}
+                handle.write(("" if i == 0 else ",\n") + json.dumps(record, ensure_ascii=False))
+            handle.write("\n]\n")
         elif layout == "tsv-numeric":
             handle.write("id\tlabel\tcomment\n")
             for i in range(lines):
@@ -93,7 +104,7 @@ def _write(path: Path, layout: str, lines: int) -> Path:
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data-reader")
-    suffix = {"jsonl-ids": ".jsonl", "tsv-numeric": ".csv", "tsv-positional": ".csv"}
+    suffix = {"jsonl-ids": ".jsonl", "json-array": ".json", "tsv-numeric": ".csv", "tsv-positional": ".csv"}
     made = {}
     for layout in LAYOUTS:
         made[layout] = {n: _write(folder / f"{layout}-{n}{suffix[layout]}", layout, n) for n in (LINES // 4, LINES)}
@@ -134,7 +145,7 @@ def test_reader_throughput_and_peak_memory(benchmark, files, layout):
     seconds = statistics.median(rounds)
     quarter, full = _peak(files[layout][LINES // 4], layout), _peak(path, layout)
     growth = {n: (run["peak"] - run["baseline"]) / MIB for n, run in ((LINES // 4, quarter), (LINES, full))}
-    id_table = 0 if layout == "tsv-positional" else 32 * LINES / MIB  # see the module docstring
+    id_table = 0 if layout in ("tsv-positional", "json-array") else 32 * LINES / MIB  # see the module docstring
     benchmark.extra_info.update({
         "layout": layout, "lines": LINES, "file_mib": path.stat().st_size / MIB,
         "posts_per_second": LINES / seconds, "mib_per_second": path.stat().st_size / MIB / seconds,

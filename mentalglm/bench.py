@@ -51,6 +51,9 @@ class VariantResult:
     primary_metric: str | None = None
     primary_value: float | None = None
     primary_interval: dict | None = None
+    #: the primary metric minus the first variant's, on the same posts, with a paired bootstrap
+    #: interval (``{"delta", "low", "high"}``); None for the first variant or without gold labels.
+    primary_delta: dict | None = None
 
     @property
     def posts_per_second(self) -> float:
@@ -75,20 +78,29 @@ class VariantResult:
                 "p95_latency_s": self.percentile(95), "round_seconds": self.seconds,
                 "load_seconds": self.load_seconds, "memory_bytes": self.memory_bytes,
                 "valid_rate": self.valid_rate, "primary_metric": self.primary_metric,
-                "primary_value": self.primary_value, "primary_interval": self.primary_interval}
+                "primary_value": self.primary_value, "primary_interval": self.primary_interval,
+                "primary_delta": self.primary_delta}
 
 
 def parse_variants(spec: str, model: str, workdir: Path, options: dict[str, dict]) -> list[Variant]:
     """``torch,llamacpp:q4_k_m`` → variants; llama.cpp variants export ``model`` to GGUF (cached in ``workdir``).
 
-    A ``.gguf`` model can only feed llama.cpp variants; a model directory feeds both.
+    A ``.gguf`` model can only feed llama.cpp variants; a model directory feeds both. A variant
+    may carry options of its own after ``@`` (``llamacpp:q8_0@parallel=1``, several joined by
+    ``@``), on top of the ``-O`` options of its backend, so one run can compare settings side by side.
     """
     from mentalglm.converters.gguf_export import OUTTYPES, export_gguf
 
     variants = []
-    for item in (part.strip() for part in spec.split(",") if part.strip()):
+    for written in (part.strip() for part in spec.split(",") if part.strip()):
+        item, *overrides = written.split("@")
         name, _, detail = item.partition(":")
         backend_options = dict(options.get(name, {}))
+        for override in overrides:
+            key, equals, value = override.partition("=")
+            if not equals or not key.strip():
+                raise MentalGLMError(f"bench: '{override}' in '{written}' is not KEY=VALUE")
+            backend_options[key.strip()] = value.strip()
         if name == "llamacpp":
             if model.endswith(".gguf"):
                 path = model
@@ -100,12 +112,12 @@ def parse_variants(spec: str, model: str, workdir: Path, options: dict[str, dict
                 path = str(workdir / f"{Path(model).name}-{outtype}.gguf")
                 if not Path(path).exists():
                     export_gguf(model, path, outtype=outtype)
-            variants.append(Variant(f"llamacpp:{detail or Path(path).stem.rsplit('-', 1)[-1]}", name, path,
-                                    backend_options))
+            label = f"llamacpp:{detail or Path(path).stem.rsplit('-', 1)[-1]}"
+            variants.append(Variant("@".join([label, *overrides]), name, path, backend_options))
         else:
             if model.endswith(".gguf"):
                 raise MentalGLMError(f"bench: backend '{name}' needs a model directory, not a GGUF file")
-            variants.append(Variant(item, name, model, backend_options))
+            variants.append(Variant(written, name, model, backend_options))
     if not variants:
         raise MentalGLMError("bench: no backends given (e.g. --backends torch,llamacpp:q8_0)")
     return variants
@@ -181,11 +193,13 @@ def run_bench(variants: Sequence[Variant], task_name: str, posts: Sequence[Post]
             analyzer.close()
     results = []
     task = analyzers[0].task if analyzers else None
+    scored = task is not None and posts and all(p.gold is not None for p in posts)
+    baseline = None
     for variant, (load_s, memory), record in zip(variants, loads, records):
         predictions = record["predictions"]
         valid = sum(p.valid for p in predictions) / len(predictions) if predictions else 0.0
-        value = interval = None
-        if task is not None and posts and all(p.gold is not None for p in posts):
+        value = interval = delta = None
+        if scored:
             from mentalglm.core.statistics import metric_intervals
 
             responses = [task.parse(p.output) for p in predictions]
@@ -194,10 +208,29 @@ def run_bench(variants: Sequence[Variant], task_name: str, posts: Sequence[Post]
             value = metrics.get(task.primary_metric)
             # The same seeded bootstrap as `evaluate`: a bench's accuracy column carries its 95 % interval.
             interval = metric_intervals(task, golds, responses, metrics)[0].get(task.primary_metric)
+            if baseline is None:
+                baseline = responses
+            elif value is not None:
+                delta = paired_delta(task, golds, baseline, responses)
         results.append(VariantResult(variant.label, len(posts), record["seconds"], record["latencies"],
                                      record["tokens"], load_s, memory, valid,
-                                     task.primary_metric if value is not None else None, value, interval))
+                                     task.primary_metric if value is not None else None, value, interval, delta))
     return results
+
+
+def paired_delta(task, golds, first, other) -> dict | None:
+    """``other``'s primary metric minus ``first``'s on the same posts, with the paired percentile
+    bootstrap interval `mentalglm compare` gives (both scored on the same resamples)."""
+    from mentalglm.core import statistics as stats
+
+    name = task.primary_metric
+    a, b = task.compute_metrics(golds, first), task.compute_metrics(golds, other)
+    if not isinstance(a.get(name), (int, float)) or not isinstance(b.get(name), (int, float)):
+        return None
+    replicates_a, replicates_b = stats.bootstrap_replicates(task, golds, [first, other], [name], references=[a, b])
+    bounds = stats.percentile_interval(replicates_b[name] - replicates_a[name])
+    low, high = bounds if bounds is not None else (None, None)
+    return {"delta": b[name] - a[name], "low": low, "high": high}
 
 
 def write_report(results: Sequence[VariantResult], out_dir: Path, meta: dict) -> dict:

@@ -13,8 +13,12 @@ import sys
 import warnings
 from typing import Sequence
 
+from mentalglm.argtypes import at_least
+from mentalglm.batch_cli import add_batch_parser
 from mentalglm.core.errors import MentalGLMError, OptionsError
 from mentalglm.data_cli import add_data_arguments, add_data_parser, data_mapping
+from mentalglm.executors import add_executor_arguments, ray_requested
+from mentalglm.review_cli import add_gold_argument, add_review_parser, apply_gold_argument
 from mentalglm.training.cli import add_train_parser
 
 EXIT_USER_ERROR = 1
@@ -137,13 +141,18 @@ def cmd_backends(args) -> int:
     return 0
 
 
+def _analyzer_arguments(args, task) -> dict:
+    """The Analyzer's keyword arguments from the command line (``--executor ray`` gives them to every worker)."""
+    return dict(task=task, backend=args.backend, model=args.model, prompt=args.prompt,
+                options=_parse_options(args.option), system=args.system, batch_size=args.batch_size,
+                mode=args.mode, explain=not args.no_explain, redact=args.redact,
+                strict_format=args.strict_format, calibration=_calibration(args), confidence=args.confidence)
+
+
 def _analyzer(args, task):
     from mentalglm.core.analyzer import Analyzer
 
-    return Analyzer(task=task, backend=args.backend, model=args.model, prompt=args.prompt,
-                    options=_parse_options(args.option), system=args.system, batch_size=args.batch_size,
-                    mode=args.mode, explain=not args.no_explain, redact=args.redact,
-                    strict_format=args.strict_format, calibration=_calibration(args))
+    return Analyzer(**_analyzer_arguments(args, task))
 
 
 def _calibration(args):
@@ -230,6 +239,10 @@ def cmd_analyze(args) -> int:
         raise MentalGLMError("no posts: give TEXT arguments or --input FILE")
     pm = _plugins()
     task = pm.task(args.task)
+    if ray_requested(args):  # Ray Data workers on a cluster: mentalglm/executors/ray_data.py (the [ray] extra)
+        from mentalglm.executors.ray_data import analyze_command
+
+        return analyze_command(args, task, _analyzer_arguments(args, task))
     if not args.input:
         posts = [Post(id=str(i), text=t) for i, t in enumerate(args.text, 1)]
     elif args.output:  # streamed: a file of millions of posts runs in flat memory
@@ -242,13 +255,17 @@ def cmd_analyze(args) -> int:
                                    retry_hint="use another --output or delete it and its .run.json")
             result = {"output": summary.output, "posts": summary.total, "analysed": summary.analysed,
                       "skipped": summary.skipped, "invalid": summary.invalid,
-                      "without_label_line": summary.without_label_line}
+                      "without_label_line": summary.without_label_line, **summary.backend_stats}
             if args.json:
                 _print_json(result)
             else:
                 print(f"{summary.analysed} posts analysed, {summary.skipped} already done, "
                       f"{summary.invalid} invalid, {summary.without_label_line} read without a label line "
                       f"→ {summary.output}")
+                if "replicas" in summary.backend_stats:
+                    from mentalglm.backends.replicas import describe_counts
+
+                    print(f"replicas: {describe_counts(summary.backend_stats['replicas'])}")
             return 0
         analyzer.backend.preflight((p.id for p in posts), response_format=analyzer.response_format)
         for prediction in analyzer.analyze_many(posts):
@@ -268,7 +285,7 @@ def cmd_evaluate(args) -> int:
 
     pm = _plugins()
     task = pm.task(args.task)
-    posts = read_posts(args.data, task, data_mapping(args))
+    posts = apply_gold_argument(args, task, read_posts(args.data, task, data_mapping(args)))
     with _analyzer(args, task) as analyzer:
         document = evaluate(analyzer, posts, args.output_dir, data=args.data,
                             progress=False if args.quiet else None, bootstrap=args.bootstrap, seed=args.seed)
@@ -397,11 +414,14 @@ def cmd_bench(args) -> int:
         metric = "-" if r["primary_value"] is None else f"{r['primary_metric']}={r['primary_value']:.3f}"
         if r.get("primary_interval"):
             metric += f" [{r['primary_interval']['low']:.3f}, {r['primary_interval']['high']:.3f}]"
+        delta = r.get("primary_delta") or {}
+        paired = "-" if "delta" not in delta else f"{delta['delta']:+.3f}" + (
+            f" [{delta['low']:+.3f}, {delta['high']:+.3f}]" if delta.get("low") is not None else "")
         rows.append((r["label"], f"{r['posts_per_second']:.2f}", f"{r['tokens_per_second']:.1f}",
                      f"{r['p50_latency_s']:.3f}", f"{r['p95_latency_s']:.3f}", _mib(r["memory_bytes"]),
-                     f"{r['valid_rate']:.0%}", metric, f"{r['speed_vs_first']:.2f}×"))
+                     f"{r['valid_rate']:.0%}", metric, paired, f"{r['speed_vs_first']:.2f}×"))
     print(_table(rows, ["backend", "posts/s", "tokens/s", "p50 s", "p95 s", "load memory", "valid", "metric",
-                        "vs first"]))
+                        "Δ metric vs first (paired)", "vs first"]))
     machine = document["machine"]
     print(f"machine: {machine['cpu']}, {machine['cores']} cores, GPU: {machine['gpu'] or 'none'}; "
           f"{len(posts)} posts × {args.rounds} rounds, alternating; wrote {out_dir / 'bench.json'}"
@@ -468,6 +488,9 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=["generate", "score"], default="generate",
                         help="generate the answer, or (single-label tasks) pick the label by log-likelihood")
     parser.add_argument("--no-explain", action="store_true", help="score mode: skip generating the explanation")
+    parser.add_argument("--confidence", action="store_true",
+                        help="generate mode, single-label tasks: also score every label after the answer "
+                             "(scores, and confidence: the probability of the generated label)")
     redact = parser.add_mutually_exclusive_group()
     redact.add_argument("--redact", dest="redact", action="store_true", default=None,
                         help="redact phone numbers, e-mails, URLs, @mentions, ID numbers before the backend sees posts "
@@ -515,24 +538,13 @@ def _band(text: str) -> tuple[float, float]:
     return band
 
 
-def _count(text: str) -> int:
-    """An argparse type: a whole number ≥ 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected zero or more, got {value}")
-    return value
-
-
 def _add_bootstrap_arguments(parser: argparse.ArgumentParser) -> None:
     from mentalglm.core.statistics import DEFAULT_RESAMPLES, DEFAULT_SEED  # light: no numpy at import
 
-    parser.add_argument("--bootstrap", type=_count, default=DEFAULT_RESAMPLES, metavar="N",
+    parser.add_argument("--bootstrap", type=at_least(0), default=DEFAULT_RESAMPLES, metavar="N",
                         help="percentile-bootstrap resamples over posts for the 95 %% intervals (default %(default)s; "
                              "0: off, rates keep their Wilson interval)")
-    parser.add_argument("--seed", type=_count, default=DEFAULT_SEED,
+    parser.add_argument("--seed", type=at_least(0), default=DEFAULT_SEED,
                         help="seed of the bootstrap resampling (default %(default)s)")
 
 
@@ -563,6 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", metavar="FILE", help="posts file (.jsonl, .json, .csv, .tsv, .txt) or sample:NAME")
     p.add_argument("--output", metavar="FILE", help="append predictions to this JSONL file; reruns resume")
     add_data_arguments(p)
+    add_executor_arguments(p)
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("evaluate", help="score a backend on gold-labelled data")
@@ -571,6 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gold-labelled posts or C-IMHI records, or sample:NAME")
     p.add_argument("--output-dir", required=True, metavar="DIR",
                    help="where predictions.jsonl, metrics.json and report.md go; reruns resume")
+    add_gold_argument(p)
     _add_bootstrap_arguments(p)
     add_data_arguments(p)
     p.set_defaults(func=cmd_evaluate)
@@ -602,6 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_train_parser(sub)
     add_data_parser(sub)
+    add_review_parser(sub)
+    add_batch_parser(sub)
 
     p = sub.add_parser("export", help="convert a GLM model (and LoRA adapter) to a GGUF file for llama.cpp")
     p.add_argument("--model", required=True, metavar="DIR",
@@ -625,7 +641,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="backends side by side: speed, latency, memory, valid outputs, metric")
     p.add_argument("--model", required=True, metavar="DIR", help="model directory (or a .gguf for llamacpp only)")
     p.add_argument("--backends", default="torch,llamacpp:q8_0",
-                   help="comma list: torch, llamacpp[:OUTTYPE] (default torch,llamacpp:q8_0)")
+                   help="comma list: torch, llamacpp[:OUTTYPE], each with optional @KEY=VALUE options "
+                        "(llamacpp:q8_0@parallel=1,llamacpp:q8_0@parallel=8; default torch,llamacpp:q8_0)")
     p.add_argument("--task", required=True, help="task name")
     p.add_argument("--data", required=True, metavar="FILE", help="posts (gold labels optional) or sample:NAME")
     p.add_argument("--posts", type=int, default=32, help="how many posts of the file (default 32)")

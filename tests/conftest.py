@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -35,16 +36,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def wait_until_serving(process, base_url: str, log_path, name: str, *, timeout: float, poll: float) -> None:
-    """Wait until a server started in a fixture answers ``GET {base_url}/models``; fail with its log's tail
-    if it exits or does not answer within ``timeout`` seconds (loopback only, no proxy)."""
+def wait_until_serving(process, base_url: str, log_path, name: str, *, timeout: float, poll: float,
+                       probe: str = "/models") -> None:
+    """Wait until a server started in a fixture answers ``GET {base_url}{probe}`` with 200; fail with its
+    log's tail if it exits or does not answer within ``timeout`` seconds (loopback only, no proxy)."""
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
     deadline = time.monotonic() + timeout
     while True:
         if process.poll() is not None:
             pytest.fail(f"{name} exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
         try:
-            with opener.open(f"{base_url}/models", timeout=2) as response:
+            with opener.open(f"{base_url}{probe}", timeout=2) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -175,24 +177,25 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="module")
-def llama_server(exported, tmp_path_factory):
-    """``(base_url, gguf_path)`` of a running ``python -m llama_cpp.server``, stopped afterwards."""
+@contextlib.contextmanager
+def llama_server_process(model_path, log_dir, *, n_threads: int = 2, n_ctx: int = 512, timeout: float = 60):
+    """``(base_url, process)`` of a ``python -m llama_cpp.server`` on loopback serving ``model_path``, stopped
+    afterwards (also when the test killed it); its log goes to ``log_dir``. The one launcher of real llama.cpp
+    servers: the ``llama_server`` fixture, the replica tests and the replica benchmark all start them here."""
     for module in ("uvicorn", "fastapi", "sse_starlette", "pydantic_settings", "starlette_context"):
         pytest.importorskip(module, reason="the real-server tests need llama-cpp-python[server]")
-    path = exported("glm", "f32")
     port = free_port()
-    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    log_path = Path(log_dir) / f"llama-server-{port}.log"
     env = {k: v for k, v in os.environ.items() if k.upper() not in ("API_KEY", "CONFIG_FILE", "MODEL", "HOST", "PORT")}
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
-            [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--host", "127.0.0.1",
-             "--port", str(port), "--n_ctx", "512", "--n_threads", "2"],
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(model_path), "--host", "127.0.0.1",
+             "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(n_threads)],
             stdout=log_file, stderr=subprocess.STDOUT, env=env)
     base_url = f"http://127.0.0.1:{port}/v1"
     try:
-        wait_until_serving(process, base_url, log_path, "llama_cpp.server", timeout=60, poll=0.2)
-        yield base_url, path
+        wait_until_serving(process, base_url, log_path, "llama_cpp.server", timeout=timeout, poll=0.2)
+        yield base_url, process
     finally:
         process.terminate()
         try:
@@ -202,3 +205,9 @@ def llama_server(exported, tmp_path_factory):
             process.wait(timeout=10)
 
 
+@pytest.fixture(scope="module")
+def llama_server(exported, tmp_path_factory):
+    """``(base_url, gguf_path)`` of a running ``python -m llama_cpp.server``, stopped afterwards."""
+    path = exported("glm", "f32")
+    with llama_server_process(path, tmp_path_factory.mktemp("llama-server")) as (base_url, _):
+        yield base_url, path

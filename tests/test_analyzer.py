@@ -4,6 +4,7 @@ the ``on_prediction`` hook, and the run record that keeps reruns from mixing set
 from __future__ import annotations
 
 import json
+import math
 import warnings
 
 import pytest
@@ -113,6 +114,31 @@ def test_batch_size_defaults_to_what_the_backend_prefers(pm):
     list(a.analyze_many(POSTS))
     assert a.batch_size == 2 and backend.calls == [("generate", 2), ("generate", 1)]
     assert analyzer(pm, RecordingBackend()).batch_size == 8
+
+
+def test_generate_mode_confidence_scores_the_labels_after_generating(pm):
+    backend = RecordingBackend(["标签：抑郁\n解释：一。", "标签：非抑郁\n解释：二。", "乱写"],
+                               scores={"抑郁": -0.5, "非抑郁": -2.0})
+    a = analyzer(pm, backend, confidence=True, batch_size=3)
+    predictions = list(a.analyze_many(POSTS))
+    assert backend.calls == [("generate", 3), ("score_labels_batch", 3)]
+    assert [prompt for prompt, _ in backend.scored] == [a.render(p) + "标签：" for p in POSTS]
+    high = 1 / (1 + math.exp(-1.5))  # softmax of -0.5 against -2.0
+    assert predictions[0].confidence == pytest.approx(high) and predictions[1].confidence == pytest.approx(1 - high)
+    assert predictions[2].confidence is None and predictions[2].scores == {"抑郁": -0.5, "非抑郁": -2.0}
+    assert a.settings()["confidence"] is True and "confidence" not in analyzer(pm).settings()
+    assert "confidence" not in analyzer(pm).analyze("帖子").to_dict()
+
+
+def test_confidence_needs_a_single_label_task_and_a_scoring_backend(pm):
+    with pytest.raises(MentalGLMError, match="single-label"):
+        analyzer(pm, task="cognitive-distortion", confidence=True)
+
+    class Unscored(RecordingBackend):
+        capabilities = frozenset({"generate"})
+
+    with pytest.raises(MentalGLMError, match="cannot score labels"):
+        analyzer(pm, Unscored(), confidence=True)
 
 
 def test_score_mode_refuses_multi_label_tasks(pm):

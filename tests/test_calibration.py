@@ -173,7 +173,7 @@ def test_a_calibration_of_another_task_is_refused_in_one_line(pm, dev_run, tmp_p
 def test_calibration_needs_score_mode(pm, dev_run, tmp_path):
     path = tmp_path / "calibration.json"
     cal.calibrate(dev_run, pm.task("suicide-risk")).save(path)
-    with pytest.raises(MentalGLMError, match="needs score mode"):
+    with pytest.raises(MentalGLMError, match="applied in score mode"):
         Analyzer(task="suicide-risk", backend=RecordingBackend(), plugins=pm, calibration=path)
 
 
@@ -215,7 +215,7 @@ def test_calibrate_refuses_a_generate_mode_run_in_one_line(pm, tmp_path):
     write_run(tmp_path / "gen", pm, [{"id": "1", "labels": [HIGH], "gold": [HIGH], "scores": None}])
     result = run_cli("calibrate", str(tmp_path / "gen"), "-o", str(tmp_path / "c.json"))
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
-    assert "needs score mode" in result.stderr
+    assert "only with --confidence" in result.stderr
 
 
 def test_policy_flags_need_a_calibration_and_its_own_target(pm, dev_run, tmp_path):

@@ -147,6 +147,17 @@ def test_score_mode_in_batches_equals_one_post_at_a_time(backends):
     assert [p.output for p in scored[1]] == [p.output for p in scored[8]]
 
 
+def test_generate_mode_confidence_equals_score_mode_scores(backends):
+    # The label scores after generating are score mode's, whichever the parallelism.
+    posts = _posts("suicide-risk", 5)
+    scored = list(Analyzer(task="suicide-risk", backend=backends[1], mode="score", explain=False).analyze_many(posts))
+    for n in (1, 8):
+        generated = list(Analyzer(task="suicide-risk", backend=backends[n], confidence=True).analyze_many(posts))
+        for g, s in zip(generated, scored):
+            assert all(abs(g.scores[k] - s.scores[k]) < 1e-4 for k in s.scores)
+            assert g.confidence is None or 0 < g.confidence < 1
+
+
 def test_finish_reasons_stop_strings_and_budgets_match(backends):
     analyzer = Analyzer(task="depression", backend=backends[1])
     prompt, answer = analyzer.render(_posts("depression", 1)[0]), analyzer.response_format

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -40,6 +41,8 @@ CPU_PARALLEL, GPU_PARALLEL, BUDGET_PARALLEL = 8, 16, (64, 32, 16, 8)
 #: The one-post context kept beside the parallel one: only its tokenizer and vocabulary are used.
 _AUX_CTX, _AUX_BATCH = 256, 64
 _RECENT_PROMPTS = 512
+#: Compiled grammars kept (least recently used dropped): tasks with evidence compile one per post.
+_GRAMMARS_KEPT = 64
 
 
 class LlamaCppOptions(BackendOptions):
@@ -178,7 +181,7 @@ class LlamaCppBackend(Backend):
             self.close()
             raise MentalGLMError(f"{path}: llama.cpp could not load it ({exc})") from None
         self._llama_cpp = llama_cpp
-        self._grammars: dict = {}
+        self._grammars: OrderedDict = OrderedDict()
         self._recent_tokens: dict[tuple[str, bool], list[int]] = {}
         self._is_end = end_of_generation(self.llm)
         metadata = self.llm.metadata or {}
@@ -219,8 +222,12 @@ class LlamaCppBackend(Backend):
     # -- generation --------------------------------------------------------------------------
     def _grammar(self, response_format):
         key = response_format.gbnf()
-        if key not in self._grammars:
+        if key in self._grammars:
+            self._grammars.move_to_end(key)
+        else:
             self._grammars[key] = self._llama_cpp.LlamaGrammar.from_string(key, verbose=False)
+            if len(self._grammars) > _GRAMMARS_KEPT:  # evidence grammars are per post: keep the recent ones
+                self._grammars.popitem(last=False)
         return self._grammars[key]
 
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:

@@ -14,13 +14,15 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from . import run_record
 from .backend import Backend, BackendOptions, GenerationRequest
+from .calibration import label_probabilities
 from .data import JsonlAppender, read_done_ids
 from .errors import MentalGLMError
+from .grounding import grounding_of
 from .plugins import PluginManager, get_plugin_manager
 from .prediction import Post, Prediction
 from .prompt import PromptStyle
@@ -39,6 +41,8 @@ class RunSummary:
     invalid: int
     output: str
     without_label_line: int = 0
+    #: :meth:`Backend.run_stats` after the run (per-replica counts of the openai backend); not a setting.
+    backend_stats: dict = field(default_factory=dict)
 
 
 class _Progress:
@@ -92,6 +96,11 @@ class Analyzer:
         strict_format: only an answer with a label line (``标签：…``) counts; by default a label
             named in prose is read too (and counted as read without a label line).
         plugins: the plugin manager to resolve names with (the process-wide one by default).
+        confidence: generate mode, single-label tasks: after generating, score every label after
+            ``标签：`` as score mode does (teacher-forced, from the cached prompt) and give each
+            prediction ``scores`` and ``confidence`` — the softmax probability of the label it
+            generated. Needs a backend that scores labels (llamacpp, torch). Score mode always
+            gives ``confidence``.
         calibration: score mode: a :class:`~mentalglm.core.calibration.Calibration` (or its
             calibration.json) whose probabilities and decision policy label each post; every
             prediction then carries ``probabilities`` and ``needs_review``.
@@ -105,7 +114,7 @@ class Analyzer:
                  prompt: PromptStyle | str = "glm4-chat", options: BackendOptions | Mapping[str, Any] | None = None,
                  system: str | None = None, batch_size: int | None = None, mode: str = "generate", explain: bool = True,
                  redact: bool | None = None, strict_format: bool = False, plugins: PluginManager | None = None,
-                 calibration: Any = None):
+                 calibration: Any = None, confidence: bool = False):
         self.plugins = plugins or get_plugin_manager()
         self.task = self.plugins.task(task) if isinstance(task, str) else task
         self.prompt = self.plugins.prompt(prompt) if isinstance(prompt, str) else prompt
@@ -125,6 +134,12 @@ class Analyzer:
             self.backend, self._owns_backend = backend, False
         if mode == "score" and "score_labels" not in self.backend.capabilities:
             raise MentalGLMError(f"backend '{self.backend.name}' cannot score labels; use --mode generate")
+        self.confidence = confidence and mode == "generate"
+        if self.confidence and getattr(self.task, "kind", "") != "single-label":
+            raise MentalGLMError(f"--confidence needs a single-label task; '{self.task.name}' is {self.task.kind}")
+        if self.confidence and "score_labels" not in self.backend.capabilities:
+            raise MentalGLMError(f"--confidence: backend '{self.backend.name}' cannot score labels "
+                                 "(it exposes no label-token probabilities); use llamacpp or torch")
         self.redact = self.backend.redacts_by_default if redact is None else redact
         self.batch_size = batch_size or self.backend.preferred_batch_size
         self.response_format = self.task.response_format()
@@ -156,7 +171,8 @@ class Analyzer:
                 "redact": self.redact, "strict_format": self.strict_format,
                 "options": self.backend.options.model_dump(mode="json"),
                 # Only when set: records of uncalibrated runs stay as they were.
-                **({"calibration": self.calibration.settings()} if self.calibration is not None else {})}
+                **({"calibration": self.calibration.settings()} if self.calibration is not None else {}),
+                **({"confidence": True} if self.confidence else {})}
 
     def render(self, post: Post) -> str:
         """The exact model input for ``post`` (its own C-IMHI instruction if it has one)."""
@@ -181,6 +197,17 @@ class Analyzer:
             log.warning("post %s is too long for the context (%d tokens with the answer); truncated", post.id, limit)
         return post, prompt, flags
 
+    def request(self, post: Post) -> tuple[GenerationRequest, dict]:
+        """The generation request a run sends for ``post`` (redacted, fitted to the context, in the task's
+        answer format) and the flags its record gets (``redactions``, ``truncated``): what batch files hold."""
+        post, prompt, flags = self._prepare(post)
+        return self._generation_request(post, prompt), flags
+
+    def _generation_request(self, shown: Post, prompt: str) -> GenerationRequest:
+        # With an evidence part, each post's grammar makes the quotes copies of that post.
+        return GenerationRequest(id=shown.id, prompt=prompt, stop=self.prompt.stop,
+                                 response_format=self.response_format.for_post(shown.text))
+
     def _truncate(self, post: Post, budget: int) -> tuple[Post, str]:
         """The longest head of the post whose prompt fits ``budget`` tokens (binary search on characters)."""
         low, high = 0, len(post.text)
@@ -202,13 +229,17 @@ class Analyzer:
         if self.mode == "score":
             outputs = self._score([(p, prompt) for p, prompt, _ in prepared])
         else:
-            requests = [GenerationRequest(id=p.id, prompt=prompt, stop=self.prompt.stop,
-                                          response_format=self.response_format) for p, prompt, _ in prepared]
+            requests = [self._generation_request(p, prompt) for p, prompt, _ in prepared]
             outputs = [(c.text, dict(c.usage), None) for c in self.backend.generate(requests)]
+            if self.confidence:
+                outputs = [(text, usage, scores) for (text, usage, _), scores
+                           in zip(outputs, self._label_scores([prompt for _, prompt, _ in prepared]))]
         predictions = []
-        for post, (_, _, flags), (text, usage, scores) in zip(posts, prepared, outputs):
-            prediction = self.predict_from_output(post, text)
+        for (shown, _, flags), (text, usage, scores) in zip(prepared, outputs):
+            prediction = self.predict_from_output(shown, text)  # grounded in the post as the backend saw it
             prediction.usage, prediction.scores = usage, scores
+            if scores is not None and len(prediction.labels) == 1:
+                prediction.confidence = label_probabilities(scores)[prediction.labels[0]]
             if self.calibration is not None:
                 prediction.probabilities = self.calibration.probabilities(scores)
                 prediction.needs_review = self.calibration.decide(prediction.probabilities)[1]
@@ -221,9 +252,7 @@ class Analyzer:
         """Label each post by log-likelihood after the label header (the posts scored in one call),
         then generate the explanations of the chosen labels in one call."""
         labels = list(self.task.label_names)
-        rows = self.backend.score_labels_batch([prompt + self.response_format.label_head for _, prompt in prepared],
-                                               labels)
-        scores = [dict(zip(labels, row)) for row in rows]
+        scores = self._label_scores([prompt for _, prompt in prepared])
         chosen = [max(labels, key=s.get) for s in scores]
         if self.calibration is not None:  # before the explanation, so it explains the label the policy gives
             chosen = [self.calibration.decide(self.calibration.probabilities(s))[0] for s in scores]
@@ -234,13 +263,22 @@ class Analyzer:
                                              for (post, prompt), lead in zip(prepared, leads)])
         return [(lead + c.text, dict(c.usage), s) for lead, c, s in zip(leads, completions, scores)]
 
-    def predict_from_output(self, post: Post, output: str) -> Prediction:
-        """Parse a model output for ``post`` into a Prediction (no backend call)."""
+    def _label_scores(self, prompts: Sequence[str]) -> list[dict[str, float]]:
+        """Each label's log-likelihood after ``标签：``, for every prompt (one backend call)."""
+        labels = list(self.task.label_names)
+        rows = self.backend.score_labels_batch([prompt + self.response_format.label_head for prompt in prompts], labels)
+        return [dict(zip(labels, row)) for row in rows]
+
+    def predict_from_output(self, post: Post, output: str, *, ground: bool = True) -> Prediction:
+        """Parse a model output for ``post`` into a Prediction (no backend call); quoted spans are
+        looked up in ``post.text`` (give the post as the backend saw it: redacted, truncated), or
+        not at all with ``ground=False`` (the post is not known: ``evidence`` stays None)."""
         parsed = self.task.parse(output, strict=self.strict_format)
+        evidence, grounding = grounding_of(output, post.text) if ground else (None, None)
         return Prediction(id=post.id, task=self.task.name, labels=list(parsed.labels),
                           explanation=parsed.explanation, valid=parsed.valid, output=output,
                           problem=parsed.problem, fields=dict(parsed.fields) if parsed.fields is not None else None,
-                          gold=post.gold, label_line=parsed.label_line)
+                          gold=post.gold, label_line=parsed.label_line, evidence=evidence, grounding=grounding)
 
     def analyze(self, text: str, id: str = "1") -> Prediction:
         """Analyse one post given as text (``on_prediction`` fires before it is returned)."""
@@ -318,7 +356,7 @@ class Analyzer:
                 meter.advance(1)
         meter.finish()
         return RunSummary(total=total, analysed=analysed, skipped=skipped, invalid=invalid, output=str(output),
-                          without_label_line=without_label_line)
+                          without_label_line=without_label_line, backend_stats=self.backend.run_stats())
 
     def close(self) -> None:
         """Close the backend if this Analyzer created it."""

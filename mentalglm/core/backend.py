@@ -177,6 +177,14 @@ class Backend(ABC):
         """
         return [self.score_labels(prompt, candidates) for prompt in prompts]
 
+    def run_stats(self) -> dict:
+        """Counts about how the backend did its work that are not settings (``openai``: per replica), JSON-ready.
+
+        They go into the run summary, never into the run record: a rerun with the same settings resumes
+        whatever they were.
+        """
+        return {}
+
     @property
     def preferred_batch_size(self) -> int:
         """Posts per :meth:`generate` call that keep this backend busy (the Analyzer's default batch)."""

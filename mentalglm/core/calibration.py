@@ -17,7 +17,9 @@ costs more than a false alarm, so recall is what is fixed and precision what is 
 review band ``[low, high]``: posts whose probability lies in it get ``needs_review`` — their label
 stays visible, flagged, so a reviewer sees what the model would have said.
 
-Calibration needs score mode for now: generate mode has no per-label scores.
+A calibration is applied in score mode, where its policy decides the label. It can be fitted on
+a score-mode run or on a generate-mode run made with ``--confidence`` (the same teacher-forced
+label log-likelihoods, scored after the answer was generated).
 """
 
 from __future__ import annotations
@@ -37,11 +39,17 @@ METHODS = ("temperature", "platt", "isotonic")
 DEFAULT_BINS = 15
 #: log T is searched in [log 0.01, log 100]: outside it a model is degenerate (all ties or all certainty).
 LOG_T_BOUNDS = (math.log(0.01), math.log(100.0))
-NEEDS_SCORE_MODE = ("calibration needs score mode for now (--mode score): generate mode has no per-label scores; "
-                    "confidence from label-token probabilities in generate mode is not built yet")
+NEEDS_SCORE_MODE = ("calibration is applied in score mode (--mode score), where the policy decides the label; "
+                    "a generate-mode run has per-label scores to fit one on only with --confidence")
 
 
 # -- probabilities and their quality -------------------------------------------------------------
+def label_probabilities(scores: Mapping[str, float]) -> dict[str, float]:
+    """Uncalibrated probabilities: the softmax of each label's log-likelihood (label → probability)."""
+    labels = list(scores)
+    return dict(zip(labels, (float(p) for p in softmax(np.array([scores[label] for label in labels])))))
+
+
 def softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise softmax, shifted by the row maximum so large log-likelihoods cannot overflow."""
     logits = np.asarray(logits, dtype=float)

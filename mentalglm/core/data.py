@@ -34,15 +34,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from .encodings import Encoding, detect_encoding, head_text, iter_lines, open_binary, read_text
+from .encodings import Encoding, decode_error, detect_encoding, head_text, iter_lines, open_binary, open_text
 from .errors import DataError, MentalGLMError
+from .json_array import TOO_DEEP, iter_json_array
 from .mapping import DataMapping, is_card, load_card
 from .parsing import LABEL_SEPARATORS
 from .prediction import Post
 from .schema import RowReader, Schema, string_field
 from .tables import DelimitedFile, Dialect, sniff_dialect
 
-_TOO_DEEP = "JSON nested too deeply to be a post or record"
 POST_SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".txt", ".parquet", ".arrow")
 SAMPLE_SCHEME = "sample:"
 _FORMAT_OF_SUFFIX = {".jsonl": "json", ".ndjson": "json", ".json": "json", ".csv": "csv", ".tsv": "csv",
@@ -107,7 +107,7 @@ def _read_text(path: Path) -> str:
 
 # -- JSON ---------------------------------------------------------------------------------------
 def iter_json_objects(path: str | os.PathLike, encoding: Encoding | None = None) -> Iterator[tuple[int, dict]]:
-    """(line, object) pairs of a JSONL file (streamed) or a JSON array file (read whole); blank lines skipped.
+    """(line, object) pairs of a JSONL or JSON array file, streamed either way; blank lines skipped.
 
     Args:
         path: the file.
@@ -124,8 +124,12 @@ def iter_json_objects(path: str | os.PathLike, encoding: Encoding | None = None)
         if not line.strip():
             continue
         if first and line.lstrip().startswith("["):
-            lines.close()  # an array cannot be split at new lines: parse it whole
-            yield from _iter_json_array(path, read_text(path, encoding))
+            lines.close()  # an array cannot be split at new lines: stream it item by item
+            with open_text(path, encoding) as handle:
+                try:
+                    yield from iter_json_array(path, handle)
+                except UnicodeDecodeError:
+                    raise decode_error(path, encoding) from None
             return
         first = False
         try:
@@ -133,53 +137,10 @@ def iter_json_objects(path: str | os.PathLike, encoding: Encoding | None = None)
         except json.JSONDecodeError as exc:
             raise DataError(path, number, None, f"malformed JSON: {exc.msg} (column {exc.colno})") from None
         except RecursionError:
-            raise DataError(path, number, None, _TOO_DEEP) from None
+            raise DataError(path, number, None, TOO_DEEP) from None
         if not isinstance(value, dict):
             raise DataError(path, number, None, f"expected a JSON object, got {type(value).__name__}")
         yield number, value
-
-
-def _iter_json_array(path: Path, text: str) -> Iterator[tuple[int, dict]]:
-    """Walk a JSON array item by item so each item's line number is known."""
-    decoder = json.JSONDecoder()
-    counted = [0, 1]  # offset up to which new lines are counted, and the line there
-
-    def line_at(offset: int) -> int:
-        # Items come in order, so counting on from the last offset keeps a long array linear.
-        start, line = counted
-        if offset < start:
-            return text.count("\n", 0, offset) + 1
-        counted[:] = [offset, line + text.count("\n", start, offset)]
-        return counted[1]
-
-    def skip(offset: int) -> int:
-        while offset < len(text) and text[offset] in " \t\n":
-            offset += 1
-        return offset
-
-    position = skip(text.index("[") + 1)
-    if position < len(text) and text[position] == "]":
-        return
-    while True:
-        position = skip(position)
-        try:
-            value, end = decoder.raw_decode(text, position)
-        except json.JSONDecodeError as exc:
-            raise DataError(path, line_at(exc.pos), None, f"malformed JSON: {exc.msg}") from None
-        except RecursionError:
-            raise DataError(path, line_at(position), None, _TOO_DEEP) from None
-        if not isinstance(value, dict):
-            raise DataError(path, line_at(position), None, f"expected a JSON object, got {type(value).__name__}")
-        yield line_at(position), value
-        position = skip(end)
-        if position < len(text) and text[position] == ",":
-            position += 1
-            continue
-        if position < len(text) and text[position] == "]":
-            if text[position + 1:].strip():
-                raise DataError(path, line_at(position + 1), None, "malformed JSON: extra data after the array")
-            return
-        raise DataError(path, line_at(position), None, "malformed JSON: expected ',' or ']' in the array")
 
 
 # -- sources ------------------------------------------------------------------------------------

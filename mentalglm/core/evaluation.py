@@ -23,6 +23,7 @@ from . import statistics
 from .analyzer import Analyzer
 from .data import read_done
 from .errors import MentalGLMError
+from .explanation_metrics import explanation_metrics, grounding_metrics
 from .files import read_json, write_json
 from .prediction import Post
 from .provenance import package_versions
@@ -88,7 +89,16 @@ def evaluate(analyzer: Analyzer, posts: Sequence[Post], output_dir: str | Path, 
         "time": {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "seconds": round(time.time() - started, 3)},
         "invalid_ids": [p.id for p, r in zip(posts, responses) if not r.valid],
+        # How the backend did the work (per-replica counts): reported, not a setting.
+        **({"backend_stats": summary.backend_stats} if summary.backend_stats else {}),
     }
+    rows = [saved[p.id] for p in posts]
+    document["grounding"] = grounding_metrics(rows, resamples=bootstrap, seed=seed)
+    explained = [i for i, p in enumerate(posts) if p.gold_explanation]
+    if explained:  # the data has gold explanations (C-IMHI outputs): score the model's against them
+        document["explanations"] = explanation_metrics([responses[i].explanation for i in explained],
+                                                       [posts[i].gold_explanation for i in explained],
+                                                       resamples=bootstrap, seed=seed)
     if analyzer.calibration is not None:
         from .calibration import policy_metrics
 
@@ -139,6 +149,7 @@ def render_report(document: dict) -> str:
              f"- primary metric: **{document['primary_metric']} = {_fmt(document['primary_value'])}**"
              + (f" (95 % CI {statistics.format_interval(intervals[document['primary_metric']])})"
                 if document["primary_metric"] in intervals else ""),
+             *_grounding_lines(document.get("grounding")),
              f"- {interval_note(document)}",
              f"- finished: {document['time']['finished']}", "",
              "## Metrics", "", "| metric | value | 95 % CI | method |", "| --- | --- | --- | --- |"]
@@ -163,6 +174,8 @@ def render_report(document: dict) -> str:
         lines += ["", "## Confusion counts per label", "", "| label | TP | FP | FN | TN |",
                   "| --- | --- | --- | --- | --- |"]
         lines += [f"| {label} | {m['tp']} | {m['fp']} | {m['fn']} | {m['tn']} |" for label, m in matrix.items()]
+    if document.get("explanations"):
+        lines += ["", *_explanation_lines(document["explanations"])]
     if document.get("policy"):
         lines += ["", *_policy_lines(document["policy"])]
     if document["invalid_ids"]:
@@ -192,3 +205,23 @@ def _policy_lines(section: dict) -> list[str]:
         lines.append(f"- calibrated probabilities on these posts: ECE {section['calibration']['ece']:.4f}, "
                      f"Brier {section['calibration']['brier']:.4f}")
     return lines
+
+
+def _grounding_lines(section: dict | None) -> list[str]:
+    """The summary line on quoted spans: how many the posts contain ("% grounded")."""
+    if not section or not section["spans"]:
+        return ["- grounded quotes: the answers quote nothing"] if section else []
+    interval = statistics.format_interval(section["intervals"].get("grounded"))
+    return [f"- grounded quotes: **{section['grounded']:.1%}** of {section['spans']} quoted spans in "
+            f"{section['quoting']} answers are in the post" + (f" (95 % CI {interval})" if interval else "")
+            + f"; answers quoting something the post lacks: {section['quoting'] - section['fully_grounded_answers']}"]
+
+
+def _explanation_lines(section: dict) -> list[str]:
+    """The report's explanation section: ROUGE-L and BLEU against the gold explanations."""
+    intervals = section["intervals"]
+    return [f"## Explanations (against {section['n']} gold explanations)", "",
+            "| metric | value | 95 % CI |", "| --- | --- | --- |",
+            *(f"| {label} | {section[name]:.4f} | {statistics.format_interval(intervals.get(name)) or '—'} |"
+              for name, label in (("rouge_l", "ROUGE-L"), ("bleu", "BLEU"))),
+            "", "ROUGE-L: character-level F1 (rouge-score); BLEU: corpus BLEU, sacreBLEU's `zh` tokenizer, 0–1."]

@@ -16,6 +16,8 @@ class Post:
         gold: the gold answer when the file has one (labels tuple, or fields for extraction).
         instruction: the record's own instruction (C-IMHI files), used instead of the task's.
         line: where the post is in its file, for error messages.
+        gold_explanation: the explanation of the record's own answer (C-IMHI ``output``, an
+            assistant turn), when it has one: what evaluation scores explanations against.
     """
 
     id: str
@@ -23,6 +25,7 @@ class Post:
     gold: Any = None
     instruction: str | None = None
     line: int | None = None
+    gold_explanation: str | None = None
 
 
 @dataclass
@@ -48,6 +51,13 @@ class Prediction:
         needs_review: the risk label's calibrated probability is in the review band: ``labels``
             still holds the label the policy gives (visible to the reviewer), flagged rather than
             confident.
+        evidence: the spans the answer quotes (evidence part and explanation), each with its
+            offsets in the post the backend saw (redacted, possibly truncated) and whether the
+            post contains it (see :mod:`~mentalglm.core.grounding`); None when it quotes nothing.
+        grounding: the share of those spans the post contains, or None without quotes.
+        confidence: single-label tasks in score mode, or generate mode with ``confidence``: the
+            softmax probability, over the task's labels, of the label given (uncalibrated; see
+            ``probabilities`` for calibrated ones); None otherwise.
     """
 
     id: str
@@ -66,16 +76,24 @@ class Prediction:
     label_line: bool = False
     probabilities: dict[str, float] | None = None
     needs_review: bool = False
+    evidence: list[dict] | None = None
+    grounding: float | None = None
+    confidence: float | None = None
 
     def to_dict(self) -> dict:
         """A JSON-ready dict; the post text is deliberately not included.
 
-        Uncalibrated predictions leave out ``probabilities`` and ``needs_review``, so their
-        records stay as they were before calibration existed.
+        Uncalibrated predictions leave out ``probabilities`` and ``needs_review``, and answers
+        that quote nothing leave out ``evidence`` and ``grounding``, so their records stay as
+        they were before calibration and grounding existed.
         """
         data = asdict(self)
         if self.probabilities is None:
             del data["probabilities"], data["needs_review"]
+        if self.evidence is None:
+            del data["evidence"], data["grounding"]
+        if self.confidence is None:
+            del data["confidence"]
         if isinstance(self.gold, tuple):
             data["gold"] = list(self.gold)
         return data

@@ -275,11 +275,13 @@ class RowReader:
             output = string_field(path, line, obj, "output", required=False, allow_empty=True)
             if self.task is not None and output is not None and not schema.label:
                 gold = self._gold_from_output(path, line, "output", output)
+                post.gold_explanation = self.task.explanation_of(output)
         elif shape in ("chat", "sharegpt"):
             turns = single_turn(path, line, obj, "messages" if shape == "chat" else "conversations")
             post = Post(id="", text=turns.post, instruction=turns.instruction, line=line)
             if self.task is not None and turns.answer is not None and not schema.label:
                 gold = self._gold_from_output(path, line, turns.answer_field, turns.answer)
+                post.gold_explanation = self.task.explanation_of(turns.answer)
         else:
             names = ", ".join(map(str, obj)) or "none"
             raise DataError(path, line, "text", "missing (a post needs 'text'; a C-IMHI record needs "

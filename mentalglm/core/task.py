@@ -82,6 +82,8 @@ class Task:
         description: one line for ``mentalglm tasks``.
         label_prefix: the header of the label line in the response format (``标签``).
         explanation_prefix: the header of the explanation (``解释``).
+        evidence_prefix: the header of an evidence line quoting the post (``依据``) before the
+            explanation, or None (the default) for a task whose answers have none.
         primary_metric: the key of :meth:`compute_metrics` shown first in reports.
         source: where the task was defined (a file path or a module), for ``mentalglm plugins``.
     """
@@ -89,13 +91,15 @@ class Task:
     kind: ClassVar[str] = ""
 
     def __init__(self, *, name: str, instruction: str, description: str = "", label_prefix: str = "标签",
-                 explanation_prefix: str = "解释", primary_metric: str = "", source: str | None = None):
+                 explanation_prefix: str = "解释", evidence_prefix: str | None = None, primary_metric: str = "",
+                 source: str | None = None):
         if not _NAME.match(name or ""):
             raise ValueError(f"task name {name!r} must be letters, digits, '-', '_' or '.'")
         if not instruction or not instruction.strip():
             raise ValueError(f"task {name!r} has no instruction")
         self.name, self.instruction, self.description = name, instruction, description
         self.label_prefix, self.explanation_prefix = label_prefix, explanation_prefix
+        self.evidence_prefix = evidence_prefix or None
         self.primary_metric, self.source = primary_metric, source
 
     def __repr__(self) -> str:
@@ -117,6 +121,11 @@ class Task:
         """The gold answer from a post file's ``label`` value; raises ValueError when outside the task."""
         raise NotImplementedError
 
+    def explanation_of(self, output: str) -> str | None:
+        """The explanation section of a gold answer (after ``解释：``), or None when it has none."""
+        sections = self._headed_sections(output)
+        return (sections[2] or None) if sections else None
+
     def compute_metrics(self, golds: Sequence[Any], responses: Sequence[ParsedResponse]) -> dict:
         """All metrics of this task for aligned gold answers and parsed responses."""
         raise NotImplementedError
@@ -127,13 +136,20 @@ class Task:
 
     def describe(self) -> dict:
         """A JSON-ready description for ``mentalglm tasks --json``."""
-        return {"name": self.name, "kind": self.kind, "description": self.description,
+        info = {"name": self.name, "kind": self.kind, "description": self.description,
                 "primary_metric": self.primary_metric, "instruction": self.instruction}
+        if self.evidence_prefix:  # only when set: tasks without one describe (and digest) as before
+            info["evidence_prefix"] = self.evidence_prefix
+        return info
 
     # -- shared helpers ----------------------------------------------------------------------
     def _headers(self) -> dict[str, tuple[str, ...]]:
         return {"label": (self.label_prefix, *LABEL_HEADERS),
-                "explanation": (self.explanation_prefix, *EXPLANATION_HEADERS)}
+                "explanation": (self.explanation_prefix, *EXPLANATION_HEADERS), **self._evidence_header()}
+
+    def _evidence_header(self) -> dict[str, tuple[str, ...]]:
+        """The evidence line as a section of its own, so it never runs into a label or a field."""
+        return {"evidence": (self.evidence_prefix,)} if self.evidence_prefix else {}
 
     def _headed_sections(self, text: str):
         """``(norm, headed sections without the explanation, explanation)``, or None for an empty answer.
@@ -145,7 +161,7 @@ class Task:
             return None
         _, sections = split_sections(norm.text, self._headers())
         explanation = next((norm.original(s.start, s.end) for s in sections if s.kind == "explanation"), "")
-        return norm, [s for s in sections if s.kind != "explanation"], explanation
+        return norm, [s for s in sections if s.kind not in ("explanation", "evidence")], explanation
 
 
 class ClassificationTask(Task):
@@ -198,7 +214,7 @@ class ClassificationTask(Task):
     def response_format(self) -> ResponseFormat:
         """``标签：`` + the label(s) + ``\n解释：`` + free text."""
         return ResponseFormat(self.kind, labels=self.label_names, label_prefix=self.label_prefix,
-                              explanation_prefix=self.explanation_prefix)
+                              explanation_prefix=self.explanation_prefix, evidence_prefix=self.evidence_prefix)
 
     # -- what the two kinds do differently --------------------------------------------------
     def _label_block(self, body: str) -> str:
@@ -426,12 +442,12 @@ class ExtractionTask(Task):
     def response_format(self) -> ResponseFormat:
         """One ``field：text`` line per field, then ``\n解释：`` + free text."""
         return ResponseFormat(self.kind, fields=self.field_names, explanation_prefix=self.explanation_prefix,
-                              empty_value=self.empty_values[0])
+                              empty_value=self.empty_values[0], evidence_prefix=self.evidence_prefix)
 
     def _headers(self) -> dict[str, tuple[str, ...]]:
         headers = {f.name: (f.name, *f.aliases) for f in self.fields}
         headers["explanation"] = (self.explanation_prefix, *EXPLANATION_HEADERS)
-        return headers
+        return {**headers, **self._evidence_header()}
 
     def parse(self, text: str, *, strict: bool = False) -> ParsedResponse:
         """Read each field's text; invalid when the response names none of the fields.
@@ -543,12 +559,13 @@ class HierarchicalTask(Task):
         """One ``part：sub-labels｜summary`` (or ``part：无``) line per part, then ``\n解释：`` + free text."""
         return ResponseFormat(self.kind, parts=tuple((name, tuple(l.name for l in self.sub_labels[name]))
                                                      for name in self.part_names),
-                              explanation_prefix=self.explanation_prefix, empty_value=self.empty_values[0])
+                              explanation_prefix=self.explanation_prefix, empty_value=self.empty_values[0],
+                              evidence_prefix=self.evidence_prefix)
 
     def _headers(self) -> dict[str, tuple[str, ...]]:
         headers = {part.name: (part.name, *part.aliases) for part in self.parts}
         headers["explanation"] = (self.explanation_prefix, *EXPLANATION_HEADERS)
-        return headers
+        return {**headers, **self._evidence_header()}
 
     def _is_empty(self, text: str) -> bool:
         key = fold(text).strip(" .。!")

@@ -32,7 +32,7 @@ from .task import ExtractionTask, Field, HierarchicalTask, Label, MultiLabelTask
 #: Keys a task file may contain.
 TASK_FILE_KEYS = frozenset({
     "name", "kind", "description", "instruction", "labels", "fields", "label_prefix",
-    "explanation_prefix", "primary_metric", "none_aliases", "report_label_f1", "empty_values"})
+    "explanation_prefix", "evidence_prefix", "primary_metric", "none_aliases", "report_label_f1", "empty_values"})
 
 
 class TaskFileError(MentalGLMError):
@@ -110,7 +110,7 @@ def task_from_mapping(data: dict, source: str = "<mapping>") -> Task:
             raise TaskFileError(f"{source}: field '{key}': missing or not a string")
     kind = data["kind"]
     common = {k: data[k] for k in ("name", "instruction", "description", "label_prefix",
-                                   "explanation_prefix", "primary_metric") if k in data}
+                                   "explanation_prefix", "evidence_prefix", "primary_metric") if k in data}
     common["source"] = source
     try:
         if kind in ("single-label", "multi-label"):
