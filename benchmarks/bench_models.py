@@ -106,3 +106,15 @@ def alternate(workloads, rounds: int):
             results[label] = workloads[label]()
             seconds[label].append(time.perf_counter() - start)
     return seconds, results
+
+
+def server_launcher():
+    """The tests' one ``python -m llama_cpp.server`` launcher (``tests/conftest.py``), loaded by path so the
+    benchmarks start servers exactly as the tests do, without a second copy of it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("mentalglm_tests_conftest",
+                                                  Path(__file__).resolve().parents[1] / "tests" / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.llama_server_process

@@ -12,26 +12,15 @@ their ratio (``MENTALGLM_BENCH_SCALE=smoke``: a tiny model, four posts, one roun
 
 from __future__ import annotations
 
-import importlib.util
 import statistics
-from pathlib import Path
 
 import pytest
 
-from bench_models import SCALE, alternate, shared_gguf
+from bench_models import SCALE, alternate, server_launcher, shared_gguf
 
 ROUNDS = 3 if SCALE == "full" else 1
 N_POSTS = 24 if SCALE == "full" else 4
 MAX_NEW_TOKENS = 32 if SCALE == "full" else 8
-
-
-def _server_starter():
-    """The tests' one llama.cpp server launcher (tests/conftest.py), loaded by path: no second copy here."""
-    spec = importlib.util.spec_from_file_location("mentalglm_tests_conftest",
-                                                  Path(__file__).resolve().parents[1] / "tests" / "conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.llama_server_process
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +36,7 @@ def test_one_vs_two_replicas(benchmark, tmp_path_factory, posts):
     from mentalglm import Analyzer
 
     pytest.importorskip("llama_cpp")
-    start = _server_starter()
+    start = server_launcher()
     # f32: on this machine's CPU, llama-cpp-python's server dies with SIGILL on the q8_0 file's first completion.
     model = shared_gguf(tmp_path_factory, "f32")
     logs = tmp_path_factory.mktemp("replica-servers")

@@ -286,9 +286,15 @@ def cmd_evaluate(args) -> int:
     pm = _plugins()
     task = pm.task(args.task)
     posts = apply_gold_argument(args, task, read_posts(args.data, task, data_mapping(args)))
+    bertscore = None
+    if args.bertscore_model:  # loaded before the run: a wrong folder fails before any post is analysed
+        from mentalglm.core.bertscore import BERTScorer
+
+        bertscore = BERTScorer(args.bertscore_model, layer=args.bertscore_layer)
     with _analyzer(args, task) as analyzer:
         document = evaluate(analyzer, posts, args.output_dir, data=args.data,
-                            progress=False if args.quiet else None, bootstrap=args.bootstrap, seed=args.seed)
+                            progress=False if args.quiet else None, bootstrap=args.bootstrap, seed=args.seed,
+                            bertscore=bertscore)
     if args.json:
         _print_json(document)
         return 0
@@ -584,6 +590,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="gold-labelled posts or C-IMHI records, or sample:NAME")
     p.add_argument("--output-dir", required=True, metavar="DIR",
                    help="where predictions.jsonl, metrics.json and report.md go; reruns resume")
+    p.add_argument("--bertscore-model", metavar="DIR",
+                   help="a local encoder folder (e.g. bert-base-chinese): add BERTScore F1 of the explanations "
+                        "against the gold ones; nothing is downloaded")
+    p.add_argument("--bertscore-layer", type=at_least(1), metavar="N",
+                   help="the encoder layer BERTScore uses (default: the last; bert-score uses 8 for bert-base-chinese)")
     add_gold_argument(p)
     _add_bootstrap_arguments(p)
     add_data_arguments(p)

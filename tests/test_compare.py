@@ -102,7 +102,7 @@ def test_bootstrap_and_seed_options_rescore_without_touching_the_run(tmp_path, c
     assert f"{first['metrics']['weighted_f1']:.4f} [{weighted['low']:.4f}, {weighted['high']:.4f}]" in human.stdout
     assert "percentile bootstrap over posts (1,000 resamples, seed 0)" in human.stdout
     bad = run_cli(*common, "--bootstrap", "-5")
-    assert bad.returncode != 0 and "zero or more" in bad.stderr
+    assert bad.returncode != 0 and "expected 0 or more, got -5" in bad.stderr
 
 
 def test_a_run_compared_with_itself_differs_in_nothing(runs):

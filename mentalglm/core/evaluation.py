@@ -31,7 +31,7 @@ from .provenance import package_versions
 
 def evaluate(analyzer: Analyzer, posts: Sequence[Post], output_dir: str | Path, *, data: str,
              progress: bool | None = None, bootstrap: int = statistics.DEFAULT_RESAMPLES,
-             seed: int = statistics.DEFAULT_SEED) -> dict:
+             seed: int = statistics.DEFAULT_SEED, bertscore=None) -> dict:
     """Analyse gold-labelled posts and score them with the task's metrics, each with a 95 % interval.
 
     Args:
@@ -43,6 +43,8 @@ def evaluate(analyzer: Analyzer, posts: Sequence[Post], output_dir: str | Path, 
         bootstrap: percentile-bootstrap resamples over posts for the intervals (0: bootstrap off;
             rates still get their Wilson interval). Not part of the run record: it changes no prediction.
         seed: seed of the bootstrap's resampling.
+        bertscore: a :class:`~mentalglm.core.bertscore.BERTScorer` to add BERTScore F1 to the
+            explanation metrics (a local model the user named); like the bootstrap, not part of the run record.
 
     Returns:
         The metrics document, also written to ``metrics.json``.
@@ -98,7 +100,7 @@ def evaluate(analyzer: Analyzer, posts: Sequence[Post], output_dir: str | Path, 
     if explained:  # the data has gold explanations (C-IMHI outputs): score the model's against them
         document["explanations"] = explanation_metrics([responses[i].explanation for i in explained],
                                                        [posts[i].gold_explanation for i in explained],
-                                                       resamples=bootstrap, seed=seed)
+                                                       resamples=bootstrap, seed=seed, bertscore=bertscore)
     if analyzer.calibration is not None:
         from .calibration import policy_metrics
 
@@ -223,5 +225,8 @@ def _explanation_lines(section: dict) -> list[str]:
     return [f"## Explanations (against {section['n']} gold explanations)", "",
             "| metric | value | 95 % CI |", "| --- | --- | --- |",
             *(f"| {label} | {section[name]:.4f} | {statistics.format_interval(intervals.get(name)) or '—'} |"
-              for name, label in (("rouge_l", "ROUGE-L"), ("bleu", "BLEU"))),
-            "", "ROUGE-L: character-level F1 (rouge-score); BLEU: corpus BLEU, sacreBLEU's `zh` tokenizer, 0–1."]
+              for name, label in (("rouge_l", "ROUGE-L"), ("bleu", "BLEU"), ("bertscore_f1", "BERTScore F1"))
+              if section.get(name) is not None),
+            "", "ROUGE-L: character-level F1 (rouge-score); BLEU: corpus BLEU, sacreBLEU's `zh` tokenizer, 0–1."
+            + (f" BERTScore: `{section['bertscore_model']['model']}`, layer {section['bertscore_model']['layer']},"
+               " no idf, no rescaling." if section.get("bertscore_model") else "")]

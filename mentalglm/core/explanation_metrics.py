@@ -14,8 +14,9 @@ each resample sums the posts' n-gram statistics and sacreBLEU computes BLEU from
 on the full data that equals ``sacrebleu.corpus_bleu``. The share of quoted spans grounded in
 the post (:mod:`~mentalglm.core.grounding`) is a ratio over posts and is bootstrapped the same way.
 
-A model-based score (BERTScore and the like) is not computed: it needs a model the tool does
-not download; none is loaded unless one is named (not implemented yet).
+- **BERTScore** F1 (optional): only when the user names a local encoder folder
+  (:class:`~mentalglm.core.bertscore.BERTScorer`); nothing is downloaded. Per-post F1, averaged,
+  bootstrapped like ROUGE-L.
 """
 
 from __future__ import annotations
@@ -63,25 +64,32 @@ def _bleu_from(stats) -> float:
 
 def explanation_metrics(predicted: Sequence[str], reference: Sequence[str], *,
                         resamples: int = statistics.DEFAULT_RESAMPLES, seed: int = statistics.DEFAULT_SEED,
-                        confidence: float = statistics.CONFIDENCE) -> dict:
-    """ROUGE-L and BLEU of ``predicted`` explanations against ``reference`` ones, with intervals.
+                        confidence: float = statistics.CONFIDENCE, bertscore=None) -> dict:
+    """ROUGE-L and BLEU (and BERTScore F1 with a ``bertscore`` scorer) of ``predicted`` explanations
+    against ``reference`` ones, with intervals.
 
     Returns:
-        ``{"n", "rouge_l", "bleu", "intervals": {name: {"low", "high", "method", …}}}``.
+        ``{"n", "rouge_l", "bleu"[, "bertscore_f1", "bertscore_model"], "intervals": {name: {"low", "high", …}}}``.
     """
     import numpy as np
 
     n = len(reference)
     if n == 0:
         return {"n": 0, "rouge_l": None, "bleu": None, "intervals": {}}
-    rouge = np.array(_rouge_l(predicted, reference))
+    means = {"rouge_l": np.array(_rouge_l(predicted, reference))}
     stats = _bleu_statistics(predicted, reference)
-    document = {"n": n, "rouge_l": float(rouge.mean()), "bleu": _bleu_from(stats.sum(axis=0)), "intervals": {}}
+    document = {"n": n, "rouge_l": float(means["rouge_l"].mean()), "bleu": _bleu_from(stats.sum(axis=0)),
+                "intervals": {}}
+    if bertscore is not None:
+        means["bertscore_f1"] = np.array([f1 for _, _, f1 in bertscore.score(predicted, reference)])
+        document.update(bertscore_f1=float(means["bertscore_f1"].mean()),
+                        bertscore_model={"model": bertscore.name, "layer": bertscore.layer})
     if resamples:
-        replicates: dict[str, list] = {"rouge_l": [], "bleu": []}
+        replicates: dict[str, list] = {name: [] for name in (*means, "bleu")}
         for block in statistics.resample_blocks(n, resamples, seed):
             weights = statistics._weights(block)
-            replicates["rouge_l"].extend(weights @ rouge / n)
+            for name, values in means.items():
+                replicates[name].extend(weights @ values / n)
             replicates["bleu"].extend(_bleu_from(row) for row in weights @ stats)
         document["intervals"] = _intervals(replicates, resamples, seed, confidence)
     return document
