@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CI stage: `analyze --executor ray` (Ray Data) on a real local Ray cluster — tests/ray, marker `ray`.
+# CI stage: `analyze --executor ray` (Ray Data) on a real local Ray cluster — tests/ray_cluster, marker `ray`.
 # Run after .ci/run has built .venv: it adds the [ray] extra (ray[data]==2.60.0) to that environment and runs
 # the Ray tests, which the main suite skips (they need ray installed and MENTALGLM_RAY=1).
 # Measured on 2 shared cores, 2026-12-01: install about 15 s from PyPI (the 79 MB ray wheel and six small
@@ -13,4 +13,6 @@ quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
 quiet .venv/bin/pip install --quiet -e ".[ray]"
 .venv/bin/python -c "import ray.data, pyarrow, mentalglm.executors.ray_data"  # the install worked
 
-MENTALGLM_RAY=1 .venv/bin/python -m pytest -q -p no:cacheprovider -m ray tests/ray
+MENTALGLM_RAY=1 .venv/bin/python -m pytest -q -p no:cacheprovider -m ray tests/ray_cluster
+# The Ray benchmark once at smoke scale (the main smoke pass ran before [ray] was installed and skipped it).
+MENTALGLM_BENCH_SCALE=smoke .venv/bin/python -m pytest -q -p no:cacheprovider benchmarks/test_ray.py --benchmark-disable

@@ -32,7 +32,7 @@ import pytest
 
 from bench_models import SCALE, alternate, shared_gguf
 
-pytest.importorskip("ray", reason="the Ray benchmark needs the [ray] extra")
+pytest.importorskip("ray.data", reason="the Ray benchmark needs the [ray] extra")
 pytest.importorskip("llama_cpp", reason="the Ray benchmark needs the llamacpp extra")
 
 FULL = SCALE == "full"

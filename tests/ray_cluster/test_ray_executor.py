@@ -2,7 +2,7 @@
 SIGKILLed mid-run, a driver SIGKILLed mid-run, reruns — every id exactly once, answers equal to the local executor's.
 
 Ray is an optional extra and a cluster takes seconds to start, so these run only when ray is
-installed and ``MENTALGLM_RAY=1`` (``.ci/ray.sh``): ``MENTALGLM_RAY=1 pytest -m ray tests/ray``.
+installed and ``MENTALGLM_RAY=1`` (``.ci/ray.sh``): ``MENTALGLM_RAY=1 pytest -m ray tests/ray_cluster``.
 Decoding is made independent of how posts are grouped (one post at a time, no prefix reuse, f32
 weights, one thread), so the Ray run must reproduce the in-process run exactly.
 """
