@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import Field
 
 from mentalglm.backends.llamacpp_batch import Continuation, Job, ParallelDecoder, PromptTooLong, log_softmax
-from mentalglm.backends.llamacpp_native import end_of_generation, last_logits, open_llama
+from mentalglm.backends.llamacpp_native import TokenPieces, end_of_generation, last_logits, open_llama
 from mentalglm.core.backend import Backend, BackendOptions, Completion, GenerationRequest
 from mentalglm.core.errors import MentalGLMError, OptionsError
 from mentalglm.core.threads import default_threads
@@ -184,6 +184,7 @@ class LlamaCppBackend(Backend):
         self._grammars: OrderedDict = OrderedDict()
         self._recent_tokens: dict[tuple[str, bool], list[int]] = {}
         self._is_end = end_of_generation(self.llm)
+        self._pieces = TokenPieces(self.llm)
         metadata = self.llm.metadata or {}
         self.total_layers = int(metadata.get(f"{metadata.get('general.architecture')}.block_count", 0))
         wanted = self.total_layers + 1 if n_gpu_layers < 0 else n_gpu_layers
@@ -291,7 +292,7 @@ class LlamaCppBackend(Backend):
 
     def _detokenize(self, ids: list[int]) -> str:
         """Token ids → text as transformers decodes them (control tokens kept, broken UTF-8 as U+FFFD)."""
-        return self.llm.detokenize(ids, special=True).decode("utf-8", "replace")
+        return self._pieces.text(ids).decode("utf-8", "replace")
 
     # -- label scoring -----------------------------------------------------------------------
     def score_labels(self, prompt: str, candidates: Sequence[str]) -> list[float]:

@@ -70,6 +70,39 @@ def end_of_generation(llm) -> Callable[[int], bool]:
     return lambda token: bool(llama_cpp.llama_vocab_is_eog(vocab, token))
 
 
+class TokenPieces:
+    """Token ids → their bytes, whole, with special tokens rendered (what transformers decodes).
+
+    llama-cpp-python's own ``detokenize`` reads each piece into a 32-byte buffer and drops a longer
+    one without a word — a GLM vocabulary has tokens of eleven Chinese characters and more (33+
+    bytes), which the grammar sees and the text then lacks. Here a piece that does not fit is read
+    again into a buffer of the size llama.cpp asks for. Pieces are cached per token id.
+    """
+
+    def __init__(self, llm):
+        self._llama_cpp = load_llama_cpp()
+        self._vocab = llm._model.vocab  # private: llama-cpp-python exposes no public vocab handle
+        self._cache: dict[int, bytes] = {}
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token."""
+        found = self._cache.get(token)
+        if found is None:
+            size = 64
+            while True:
+                buffer = ctypes.create_string_buffer(size)
+                n = self._llama_cpp.llama_token_to_piece(self._vocab, token, buffer, size, 0, True)
+                if n >= 0:
+                    break
+                size = -n  # llama.cpp answers a buffer too small with minus the size it needs
+            found = self._cache[token] = buffer.raw[:n]
+        return found
+
+    def text(self, tokens) -> bytes:
+        """The bytes of a token sequence (pieces concatenated: byte-level BPE adds no spaces of its own)."""
+        return b"".join(self.piece(int(token)) for token in tokens)
+
+
 def last_logits(llm) -> np.ndarray:
     """The logits after the last evaluated token, as float64.
 

@@ -7,6 +7,7 @@ and find what a task needs; deciding validity is left to the task.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -179,6 +180,21 @@ def _stripped_span(text: str, start: int, end: int) -> tuple[int, int]:
     return start + len(piece) - len(piece.lstrip()), start + len(piece.rstrip())
 
 
+@functools.lru_cache(maxsize=256)
+def _header_pattern(headers: tuple[tuple[str, tuple[str, ...]], ...]):
+    """The compiled header pattern and folded word → kind map of one header set (a task's are few and fixed:
+    compiling them per answer cost more than the parse itself)."""
+    words = sorted(((w, k) for k, ws in headers for w in ws), key=lambda p: -len(p[0]))
+    if not words:
+        return None
+    kind_of = {fold(w): k for w, k in words}
+    alternation = "|".join(re.escape(w) for w, _ in words)
+    pattern = re.compile(
+        rf"(?im)(?:^[ \t]*(?P<a>{alternation})[ \t]*(?::|$)|(?<=[。.!?;,\s])(?P<b>{alternation})[ \t]*:)"
+    )
+    return pattern, kind_of
+
+
 def split_sections(text: str, headers: dict[str, Sequence[str]]) -> tuple[Section, list[Section]]:
     """Split normalised text at known headers (``标签：``, ``Explanation:``, a field name…).
 
@@ -194,15 +210,11 @@ def split_sections(text: str, headers: dict[str, Sequence[str]]) -> tuple[Sectio
         The preamble before the first header (as a Section of kind ``preamble``), and the
         headed sections in order.
     """
-    words = sorted(((w, k) for k, ws in headers.items() for w in ws), key=lambda p: -len(p[0]))
-    if not words:
+    compiled = _header_pattern(tuple((kind, tuple(words)) for kind, words in headers.items()))
+    if compiled is None:
         start, end = _stripped_span(text, 0, len(text))
         return Section("preamble", "", text[start:end], start, end), []
-    kind_of = {fold(w): k for w, k in words}
-    alternation = "|".join(re.escape(w) for w, _ in words)
-    pattern = re.compile(
-        rf"(?im)(?:^[ \t]*(?P<a>{alternation})[ \t]*(?::|$)|(?<=[。.!?;,\s])(?P<b>{alternation})[ \t]*:)"
-    )
+    pattern, kind_of = compiled
     accepted: list[tuple[str, str, int, int]] = []
     seen: set[str] = set()
     for match in pattern.finditer(text):
