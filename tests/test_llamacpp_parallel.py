@@ -8,9 +8,6 @@ every task, and the logits of every generated position equal within 1e-4 (seen: 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -18,7 +15,6 @@ import pytest
 from mentalglm import Analyzer, MentalGLMError, OptionsError
 from mentalglm.core.backend import GenerationRequest
 from mentalglm.core.data import read_posts
-from models import kill_when
 
 pytest.importorskip("llama_cpp", reason="the llamacpp backend tests need the llamacpp extra")
 
@@ -208,29 +204,6 @@ def test_gpu_budget_counts_the_kv_cache_of_every_sequence(exported):
     assert placement(LlamaCppOptions(gpu_memory=str(budget), n_ctx=1000, parallel=2), path, True) == (2, 3)
     assert placement(LlamaCppOptions(), path, can_offload=False)[0] == 8
     assert placement(LlamaCppOptions(n_gpu_layers=-1), path, can_offload=True) == (16, -1)
-
-
-def test_killed_parallel_run_resumes_without_loss_or_duplicates(exported, tmp_path):
-    out = tmp_path / "predictions.jsonl"
-    args = [sys.executable, "-m", "mentalglm", "analyze", "--task", "depression", "--backend", "llamacpp",
-            "--model", str(exported("glm", "q8_0")), "--input", "sample:depression", "--output", str(out),
-            "--option", "n_ctx=1024", "--option", "max_new_tokens=48", "--option", "parallel=8",
-            "--batch-size", "8", "--quiet"]
-    env = {**os.environ, "MENTALGLM_LOAD_PLUGINS": ""}
-    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    # Killed while the next 8 posts are in flight: they are lost, none written twice.
-    kill_when(process, lambda: out.exists() and out.read_text(encoding="utf-8").count("\n") >= 8)
-    written_before = out.read_text(encoding="utf-8").count("\n")
-    total = len(read_posts("sample:depression"))
-    assert 8 <= written_before < total
-
-    rerun = subprocess.run(args + ["--json"], env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr
-    summary = json.loads(rerun.stdout)
-    assert summary["skipped"] == written_before and summary["analysed"] == total - written_before
-    ids = [json.loads(line)["id"] for line in out.read_text(encoding="utf-8").splitlines()]
-    assert len(ids) == total and len(set(ids)) == total
-    assert set(ids) == {p.id for p in read_posts("sample:depression")}
 
 
 def test_sizes_reports_the_kv_cache_of_parallel_sequences():
