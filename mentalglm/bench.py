@@ -209,22 +209,25 @@ def run_bench(variants: Sequence[Variant], task_name: str, posts: Sequence[Post]
             # The same seeded bootstrap as `evaluate`: a bench's accuracy column carries its 95 % interval.
             interval = metric_intervals(task, golds, responses, metrics)[0].get(task.primary_metric)
             if baseline is None:
-                baseline = responses
+                baseline = (responses, metrics)
             elif value is not None:
-                delta = paired_delta(task, golds, baseline, responses)
+                delta = paired_delta(task, golds, baseline[0], responses, references=(baseline[1], metrics))
         results.append(VariantResult(variant.label, len(posts), record["seconds"], record["latencies"],
                                      record["tokens"], load_s, memory, valid,
                                      task.primary_metric if value is not None else None, value, interval, delta))
     return results
 
 
-def paired_delta(task, golds, first, other) -> dict | None:
+def paired_delta(task, golds, first, other, references=None) -> dict | None:
     """``other``'s primary metric minus ``first``'s on the same posts, with the paired percentile
-    bootstrap interval `mentalglm compare` gives (both scored on the same resamples)."""
+    bootstrap interval `mentalglm compare` gives (both scored on the same resamples).
+
+    ``references``: both runs' full-data metrics when the caller has them already.
+    """
     from mentalglm.core import statistics as stats
 
     name = task.primary_metric
-    a, b = task.compute_metrics(golds, first), task.compute_metrics(golds, other)
+    a, b = references or (task.compute_metrics(golds, first), task.compute_metrics(golds, other))
     if not isinstance(a.get(name), (int, float)) or not isinstance(b.get(name), (int, float)):
         return None
     replicates_a, replicates_b = stats.bootstrap_replicates(task, golds, [first, other], [name], references=[a, b])

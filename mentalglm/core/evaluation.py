@@ -104,7 +104,7 @@ def evaluate(analyzer: Analyzer, posts: Sequence[Post], output_dir: str | Path, 
     if analyzer.calibration is not None:
         from .calibration import policy_metrics
 
-        document["policy"] = policy_metrics(analyzer.calibration, [saved[p.id] for p in posts])
+        document["policy"] = policy_metrics(analyzer.calibration, rows)
     write_json(folder / "metrics.json", document)
     (folder / "report.md").write_text(render_report(document), encoding="utf-8")
     return document
