@@ -506,6 +506,14 @@ def _step(results: dict, name: str, function, *args, **kwargs):
 
 def measure(out: Path, *, dry_run: bool, build: dict | None = None, threads: int | None = None) -> dict:
     """Everything after the build; writes ``gpu.json`` and ``gpu.md`` into ``out`` and returns the document."""
+    # torch first: on the H200 image (CUDA 13 toolkit, torch with its own CUDA 13 wheels) importing
+    # llama_cpp first and torch second aborted with "free(): invalid pointer" right after
+    # ggml_cuda_init (2026-12-04). Loading torch's CUDA libraries first lets llama.cpp's libraries
+    # bind to the same sonames. A hypothesis not yet re-run on a GPU; see README.md.
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        pass
     import llama_cpp
 
     out.mkdir(parents=True, exist_ok=True)
@@ -515,15 +523,23 @@ def measure(out: Path, *, dry_run: bool, build: dict | None = None, threads: int
                                                       "llama_cpp_python": llama_cpp.__version__,
                                                       "gpu_offload": bool(llama_cpp.llama_supports_gpu_offload())},
                      "build": build or {}, "steps": {}}
+
+    def save():  # after every part: a run cut short by its time limit still reports what it measured
+        (out / "gpu.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
+        (out / "gpu.md").write_text(markdown(results), encoding="utf-8")
+
     with tempfile.TemporaryDirectory(prefix="mentalglm-gpu-") as scratch:
         config_dir = shrunken_config(Path(scratch) / "config") if dry_run else NINE_B_CONFIG.parent
         peak, source = peak_bandwidth(gpu.get("name", "")) if not dry_run else (None, "CPU dry run")
         copy = _step(results, "bandwidth", measured_bandwidth, dry_run)
         results["bandwidth"] = {"peak_bytes_per_s": peak, "peak_source": source, "copy_bytes_per_s": copy}
+        save()
         model = _step(results, "model", random_gguf, config_dir, "q4_k_m", Path(scratch) / "random-q4_k_m.gguf")
         results["model"] = model
+        save()
         path = Path(model["path"]) if model else None
         results["tests"] = _step(results, "tests", run_tests, path, out)
+        save()
         if path and not (dry_run or results["machine"]["gpu_offload"]):
             results["steps"]["llamacpp"] = {"status": "skipped", "error": "llama-cpp-python has no GPU support here "
                                                                           "(the build failed?): 9B on CPU is no check"}
@@ -534,11 +550,11 @@ def measure(out: Path, *, dry_run: bool, build: dict | None = None, threads: int
             results["llamacpp"] = _with_bandwidth(rows, model, results["bandwidth"]) if rows else None
         else:
             results["steps"]["llamacpp"] = {"status": "skipped", "error": "no model"}
+        save()
         results["torch"] = _step(results, "torch", torch_bench, config_dir, [1, 2] if dry_run else [1, 8, 32, 64],
                                  new_tokens=4 if dry_run else 64, prompt_tokens=16 if dry_run else 128,
                                  dry_run=dry_run)
-    (out / "gpu.json").write_text(json.dumps(results, indent=1, default=str), encoding="utf-8")
-    (out / "gpu.md").write_text(markdown(results), encoding="utf-8")
+    save()
     return results
 
 

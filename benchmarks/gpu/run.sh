@@ -62,9 +62,15 @@ log "GPU: $(nvidia-smi --query-gpu=name,memory.total --format=csv,noheader), CUD
 
 # 1. venv over the machine's packages (torch with CUDA is too big to bring); only what is missing
 #    comes from the bundle, and nothing from the network.
-VENV=${MENTALGLM_GPU_VENV:-$OUT/venv}
-[ -x "$VENV/bin/python" ] || "$(command -v python3)" -m venv --system-site-packages "$VENV"
-PY=$VENV/bin/python
+#    A python3 that is itself a venv (images that ship torch in one) is used as it is: a venv made
+#    over it with --system-site-packages would see the base interpreter's packages, not its torch.
+if "$(command -v python3)" -c "import sys; sys.exit(0 if sys.prefix != sys.base_prefix else 1)"; then
+  PY=$(command -v python3)
+else
+  VENV=${MENTALGLM_GPU_VENV:-$OUT/venv}
+  [ -x "$VENV/bin/python" ] || "$(command -v python3)" -m venv --system-site-packages "$VENV"
+  PY=$VENV/bin/python
+fi
 PIP=("$PY" -m pip install --no-index --find-links "$WHEELS" --disable-pip-version-check -q)
 for requirement in scikit-build-core ninja numpy pydantic pluggy PyYAML gguf safetensors tokenizers \
                    transformers peft pytest diskcache jinja2 typing_extensions; do
