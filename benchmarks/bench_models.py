@@ -24,7 +24,7 @@ def build_bench_model(root: Path) -> Path:
 def long_instruction_task():
     """The depression task with a long instruction (label definitions and examples), ≥ 4× a typical post."""
     from mentalglm import Label, SingleLabelTask
-    from mentalglm.core.plugins import PluginManager
+    from mentalglm.core.plugin_manager import PluginManager
 
     base = PluginManager(load_entry_points=False).task("depression")
     guide = ("抑郁的判断要点：持续两周以上的情绪低落、兴趣或愉快感丧失、精力不足、睡眠和食欲改变、"
@@ -73,7 +73,7 @@ def model_parameters(model: Path) -> int:
 
 def depression_posts(n: int) -> list:
     """The first ``n`` posts of ``sample:depression`` with 20–120 characters (56 such posts exist)."""
-    from mentalglm.core.data import read_posts
+    from mentalglm.data.readers import read_posts
 
     posts = [p for p in read_posts("sample:depression") if 20 <= len(p.text) <= 120][:n]
     if len(posts) < n:

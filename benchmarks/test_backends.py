@@ -123,10 +123,10 @@ def _run(variants, posts, mode):
     """:func:`mentalglm.bench.run_bench` in ``mode``; label scoring without the explanation.
 
     run_bench has no ``explain`` switch: it builds its Analyzers from
-    ``mentalglm.core.analyzer.Analyzer``, which is swapped here for one with ``explain=False``.
+    ``mentalglm.analysis.analyzer.Analyzer``, which is swapped here for one with ``explain=False``.
     """
+    from mentalglm.analysis import analyzer
     from mentalglm.bench import run_bench
-    from mentalglm.core import analyzer
 
     if mode != "score":
         return run_bench(variants, "depression", posts, rounds=ROUNDS, mode=mode, batch_size=BATCH_SIZE)

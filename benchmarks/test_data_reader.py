@@ -5,13 +5,13 @@ What is measured, per layout:
 - ``jsonl-ids``: ``{"id": "p17", "text": …, "label": "抑郁"}`` — JSON parsing, a label read by the
   task's matcher (cached per spelling), explicit ids (the duplicate-id table is in use);
 - ``json-array``: C-IMHI ``{"instruction", "input", "output"}`` records in one JSON array (how
-  the authors' releases come) — streamed item by item (:mod:`mentalglm.core.json_array`), gold
+  the authors' releases come) — streamed item by item (:mod:`mentalglm.data.json_array`), gold
   labels read from each ``output``, ids are positions;
 - ``tsv-numeric``: a SOS-HL-1K-style ``.csv`` that is tab-separated, ``id<TAB>label<TAB>comment``
   with 0/1 labels through ``--label-map`` — delimiter sniffing, CSV splitting, the label map;
 - ``tsv-positional``: the same without the id column (ids are positions: no id table at all).
 
-Speed: :func:`mentalglm.core.data.iter_posts` consumed once per round (the posts are dropped as
+Speed: :func:`mentalglm.data.readers.iter_posts` consumed once per round (the posts are dropped as
 they come, as a streaming run would), posts/s from the median round. Memory: each layout is read
 in a fresh subprocess at two sizes (a quarter, then the full file); after the imports the kernel's
 peak-RSS mark is reset (``/proc/self/clear_refs``) and ``VmHWM`` read after the pass, so "growth"
@@ -47,9 +47,9 @@ _TEXTS = ("最近总是提不起劲，什么都不想做，晚上也睡不着。
 
 _CHILD = textwrap.dedent("""
     import json, sys
-    from mentalglm.core.data import iter_posts
-    from mentalglm.core.mapping import DataMapping
-    from mentalglm.core.plugins import PluginManager
+    from mentalglm.data.readers import iter_posts
+    from mentalglm.data.mapping import DataMapping
+    from mentalglm.core.plugin_manager import PluginManager
 
     def status(key):
         with open("/proc/self/status") as handle:
@@ -122,9 +122,9 @@ def _peak(path: Path, layout: str) -> dict:
 
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_reader_throughput_and_peak_memory(benchmark, files, layout):
-    from mentalglm.core.data import iter_posts
-    from mentalglm.core.mapping import DataMapping
-    from mentalglm.core.plugins import PluginManager
+    from mentalglm.core.plugin_manager import PluginManager
+    from mentalglm.data.mapping import DataMapping
+    from mentalglm.data.readers import iter_posts
 
     task_name, label_map = LAYOUTS[layout]
     task = PluginManager(load_entry_points=False).task(task_name)

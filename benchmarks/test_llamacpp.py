@@ -34,7 +34,7 @@ def gguf_model(tmp_path_factory):
 def posts():
     from dataclasses import replace
 
-    from mentalglm.core.data import read_posts
+    from mentalglm.data.readers import read_posts
 
     # Plain posts: a C-IMHI record's own instruction would replace the task's (long) one.
     return [replace(p, instruction=None) for p in read_posts("sample:depression") if 20 <= len(p.text) <= 120][:N_POSTS]

@@ -59,7 +59,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def posts_and_outputs(tmp_path_factory):
     """``N_REPLAY`` synthetic posts (the sample's texts, numbered) and saved outputs for the replay backend."""
-    from mentalglm.core.data import read_posts
+    from mentalglm.data.readers import read_posts
 
     root = tmp_path_factory.mktemp("ray-bench")
     sample = read_posts("sample:depression")
@@ -99,7 +99,7 @@ def _report(seconds: dict, posts: int) -> dict:
 
 
 def test_local_vs_ray_posts_per_second(benchmark, cluster, posts_and_outputs, tmp_path_factory):
-    from mentalglm.core.data import read_posts
+    from mentalglm.data.readers import read_posts
 
     root, posts_file, _ = posts_and_outputs
     posts = read_posts(str(posts_file))[:N_POSTS]
@@ -119,7 +119,7 @@ def test_local_vs_ray_posts_per_second(benchmark, cluster, posts_and_outputs, tm
 
 
 def test_framework_ceiling_with_replay(benchmark, cluster, posts_and_outputs):
-    from mentalglm.core.data import PostSource
+    from mentalglm.data.readers import PostSource
 
     root, posts_file, outputs = posts_and_outputs
     replay = {"backend": "replay", "model": str(outputs)}

@@ -27,7 +27,7 @@ MAX_NEW_TOKENS = 32 if SCALE == "full" else 8
 def posts():
     from dataclasses import replace
 
-    from mentalglm.core.data import read_posts
+    from mentalglm.data.readers import read_posts
 
     return [replace(p, instruction=None) for p in read_posts("sample:depression")][:N_POSTS]
 

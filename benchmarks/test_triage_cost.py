@@ -19,11 +19,11 @@ from pathlib import Path
 
 import pytest
 
-from mentalglm.core.calibration import Calibration, Policy
-from mentalglm.core.data import read_posts
-from mentalglm.core.grounding import grounding_of
-from mentalglm.core.plugins import PluginManager
-from mentalglm.core.run_record import digest
+from mentalglm.analysis.calibration import Calibration, Policy
+from mentalglm.analysis.grounding import grounding_of
+from mentalglm.core.files import digest
+from mentalglm.core.plugin_manager import PluginManager
+from mentalglm.data.readers import read_posts
 
 SCALE = os.environ.get("MENTALGLM_BENCH_SCALE", "full")
 REPEAT = 40 if SCALE == "full" else 2

@@ -10,11 +10,11 @@ The public Python API::
 Plugins implement the hooks in :mod:`mentalglm.core.hookspecs` with :data:`hookimpl`.
 """
 
-from mentalglm.core.analyzer import Analyzer
+from mentalglm.analysis.analyzer import Analyzer
 from mentalglm.core.backend import Backend, BackendOptions, Completion, GenerationRequest
 from mentalglm.core.errors import DataError, MentalGLMError, OptionsError, PluginError, UnknownNameError
 from mentalglm.core.hookspecs import hookimpl
-from mentalglm.core.plugins import PluginManager, get_plugin_manager
+from mentalglm.core.plugin_manager import PluginManager, get_plugin_manager
 from mentalglm.core.prediction import Post, Prediction
 from mentalglm.core.prompt import PromptStyle
 from mentalglm.core.task import (

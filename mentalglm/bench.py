@@ -159,7 +159,7 @@ def run_bench(variants: Sequence[Variant], task_name: str, posts: Sequence[Post]
 
     ``batch_size`` posts go to a variant at a time; by default what its backend prefers.
     """
-    from mentalglm.core.analyzer import Analyzer
+    from mentalglm.analysis.analyzer import Analyzer
 
     analyzers, loads = [], []
     try:
@@ -200,7 +200,7 @@ def run_bench(variants: Sequence[Variant], task_name: str, posts: Sequence[Post]
         valid = sum(p.valid for p in predictions) / len(predictions) if predictions else 0.0
         value = interval = delta = None
         if scored:
-            from mentalglm.core.statistics import metric_intervals
+            from mentalglm.evaluation.statistics import metric_intervals
 
             responses = [task.parse(p.output) for p in predictions]
             golds = [p.gold for p in posts]
@@ -224,7 +224,7 @@ def paired_delta(task, golds, first, other, references=None) -> dict | None:
 
     ``references``: both runs' full-data metrics when the caller has them already.
     """
-    from mentalglm.core import statistics as stats
+    from mentalglm.evaluation import statistics as stats
 
     name = task.primary_metric
     a, b = references or (task.compute_metrics(golds, first), task.compute_metrics(golds, other))

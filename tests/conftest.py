@@ -19,7 +19,7 @@ os.environ.pop("MENTALGLM_STRICT_PLUGINS", None)
 import pytest  # noqa: E402
 
 from mentalglm.core.backend import Backend, Completion, GenerationRequest  # noqa: E402
-from mentalglm.core.plugins import PluginManager, reset_plugin_manager  # noqa: E402
+from mentalglm.core.plugin_manager import PluginManager, reset_plugin_manager  # noqa: E402
 
 
 def run_cli(*args, env_extra=None, cwd=None, timeout=120):

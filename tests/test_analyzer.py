@@ -11,7 +11,7 @@ import pytest
 
 from conftest import RecordingBackend
 from mentalglm import Analyzer, MentalGLMError, Post, hookimpl
-from mentalglm.core.plugins import PluginError, PluginWarning
+from mentalglm.core.plugin_manager import PluginError, PluginWarning
 
 POSTS = [Post(id="a", text="最近总是失眠，什么都不想做。"), Post(id="b", text="今天和朋友去爬山。"),
          Post(id="c", text="电话13812345678，我好累。")]
@@ -222,7 +222,7 @@ def test_a_raising_hook_warns_with_its_name_and_the_run_goes_on(pm, tmp_path):
 
 
 def test_strict_plugins_re_raise_a_hook_failure(tmp_path):
-    from mentalglm.core.plugins import PluginManager
+    from mentalglm.core.plugin_manager import PluginManager
 
     strict = PluginManager(load_entry_points=False, strict=True)
     strict.register(Broken(), name="broken-queue")
@@ -304,7 +304,7 @@ def test_the_backend_is_checked_before_the_first_post(pm, tmp_path):
 
 
 def test_a_streamed_source_runs_and_resumes_like_a_list(pm, tmp_path):
-    from mentalglm.core.data import PostSource, read_posts
+    from mentalglm.data.readers import PostSource, read_posts
 
     data = tmp_path / "many.jsonl"
     data.write_text("".join(json.dumps({"id": f"p{i}", "text": f"帖子{i}"}, ensure_ascii=False) + "\n"

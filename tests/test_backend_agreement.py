@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mentalglm import Analyzer
-from mentalglm.core.data import read_posts
+from mentalglm.data.readers import read_posts
 from mentalglm.modelfiles.tokens import GLM4_SPECIAL_TOKENS
 
 OPTIONS = {"max_new_tokens": 32}

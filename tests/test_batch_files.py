@@ -7,12 +7,12 @@ import json
 import pytest
 
 from conftest import run_cli
-from mentalglm.backends.batch_files import export_requests, import_results
+from mentalglm.analysis.analyzer import Analyzer
 from mentalglm.backends.openai_backend import OpenAIBackend
 from mentalglm.cli import main
-from mentalglm.core.analyzer import Analyzer
 from mentalglm.core.errors import MentalGLMError, OptionsError
 from mentalglm.core.prediction import Post
+from mentalglm.executors.batch_files import export_requests, import_results
 
 POSTS = [("a", "我最近总是失眠，电话13812345678", "抑郁"), ("b", "今天去爬山了，很开心。", "非抑郁"),
          ("c", "什么都不想做。", "抑郁")]

@@ -61,9 +61,9 @@ def test_variants_carry_their_own_options(tmp_path):
 
 def test_paired_delta_is_zero_for_the_same_answers_and_follows_compare():
     from mentalglm.bench import paired_delta
-    from mentalglm.core import statistics as st
-    from mentalglm.core.plugins import PluginManager
+    from mentalglm.core.plugin_manager import PluginManager
     from mentalglm.core.task import ParsedResponse
+    from mentalglm.evaluation import statistics as st
 
     task = PluginManager().task("depression")
     golds = [("抑郁",), ("非抑郁",)] * 15

@@ -37,7 +37,7 @@ def encoder(tmp_path_factory):
 @pytest.mark.parametrize("layer", [2, 3])
 def test_scores_equal_the_bert_score_package(encoder, layer):
     bert_score = pytest.importorskip("bert_score", reason="bert-score is the outside reference (test extra)")
-    from mentalglm.core.bertscore import BERTScorer
+    from mentalglm.evaluation.bertscore import BERTScorer
 
     ours = BERTScorer(encoder, layer=layer).score(CANDIDATES, REFERENCES)
     assert ours[2] == (0.0, 0.0, 0.0)  # an empty explanation (bert-score scores it 0 as well, with a warning)
@@ -53,7 +53,7 @@ def test_scores_equal_the_bert_score_package(encoder, layer):
 
 
 def test_a_missing_folder_or_layer_is_one_line(encoder, tmp_path):
-    from mentalglm.core.bertscore import BERTScorer
+    from mentalglm.evaluation.bertscore import BERTScorer
 
     with pytest.raises(MentalGLMError, match="no such model folder"):
         BERTScorer(tmp_path / "nothing")

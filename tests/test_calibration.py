@@ -17,9 +17,9 @@ import pytest
 
 from conftest import RecordingBackend, run_cli
 from mentalglm import Analyzer, MentalGLMError, Post
-from mentalglm.core import calibration as cal
-from mentalglm.core import run_record
-from mentalglm.core.evaluation import evaluate
+from mentalglm.core.files import digest, file_sha256
+from mentalglm.evaluation import calibration as cal
+from mentalglm.evaluation.evaluate import evaluate
 
 HIGH, LOW = "高自杀风险", "低自杀风险"
 OVERCONFIDENCE = 5.0
@@ -100,7 +100,7 @@ def test_temperature_scaling_undoes_overconfidence_and_lowers_ece(pm, dev_run):
     assert calibration.parameters["temperature"] == pytest.approx(OVERCONFIDENCE, rel=0.2)
     before, after = calibration.source["metrics"]["before"], calibration.source["metrics"]["after"]
     assert after["ece"] < before["ece"] / 2 and after["brier"] < before["brier"] and after["nll"] < before["nll"]
-    assert calibration.source["dev_predictions_sha256"] == run_record.file_sha256(dev_run / "predictions.jsonl")
+    assert calibration.source["dev_predictions_sha256"] == file_sha256(dev_run / "predictions.jsonl")
 
 
 @pytest.mark.parametrize("method", ["platt", "isotonic"])
@@ -181,7 +181,7 @@ def test_calibration_needs_score_mode(pm, dev_run, tmp_path):
 def write_run(folder, pm, predictions, task="suicide-risk"):
     folder.mkdir()
     definition = pm.task(task)
-    (folder / "run.json").write_text(json.dumps({"task": task, "task_sha256": run_record.digest(definition.describe()),
+    (folder / "run.json").write_text(json.dumps({"task": task, "task_sha256": digest(definition.describe()),
                                                  "mode": "score"}), encoding="utf-8")
     (folder / "predictions.jsonl").write_text("".join(json.dumps(p, ensure_ascii=False) + "\n" for p in predictions),
                                               encoding="utf-8")
@@ -205,8 +205,8 @@ def test_calibrate_command_writes_the_calibration_and_its_diagram(pm, tmp_path):
     assert saved["metrics"]["after"]["ece"] < saved["metrics"]["before"]["ece"]
     assert saved["policy"]["target_recall"] == 0.9 and saved["policy"]["dev_recall"] >= 0.9
     assert saved["policy"]["review_band"] == [0.25, 0.75]
-    assert saved["dev_predictions_sha256"] == run_record.file_sha256(tmp_path / "dev" / "predictions.jsonl")
-    assert shown["sha256"] == run_record.file_sha256(out)
+    assert saved["dev_predictions_sha256"] == file_sha256(tmp_path / "dev" / "predictions.jsonl")
+    assert shown["sha256"] == file_sha256(out)
     if shown["note"] is None:
         assert (tmp_path / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

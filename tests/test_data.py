@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mentalglm.core.data import JsonlAppender, read_done, read_posts, read_records, resolve_path
 from mentalglm.core.errors import DataError, UnknownNameError
+from mentalglm.data.readers import JsonlAppender, read_done, read_posts, read_records, resolve_path
 
 
 def write(path, text, encoding="utf-8"):
@@ -128,7 +128,7 @@ def test_appender_repairs_torn_tail_and_resume_reads_ids(tmp_path):
 
 @pytest.mark.parametrize("layout", ["array", "jsonl"])
 def test_deeply_nested_json_is_a_one_line_error_not_a_recursion_traceback(tmp_path, tasks, layout):
-    from mentalglm.core.data import read_posts
+    from mentalglm.data.readers import read_posts
 
     nested = "[" * 5000 + "]" * 5000
     path = tmp_path / "deep.json"

@@ -146,7 +146,7 @@ def test_every_data_command_has_the_same_mapping_flags():
                 "bench": ["bench", "--task", "t", "--data", "f", "--model", "m"],
                 "inspect": ["data", "inspect", "f", "--task", "t"],
                 "convert": ["data", "convert", "f", "--task", "t", "-o", "o"]}
-    from mentalglm.data_cli import data_mapping
+    from mentalglm.cli.common import data_mapping
 
     for argv in commands.values():
         mapping = data_mapping(parser.parse_args([*argv, *flags]))

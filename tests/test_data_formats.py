@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 import pytest
 
 from mentalglm.cli import main
-from mentalglm.core.data import PostSource, iter_posts, open_source, read_posts, read_records
 from mentalglm.core.errors import DataError, MentalGLMError
-from mentalglm.core.mapping import DataMapping, parse_columns, parse_label_map
-from mentalglm.core.run_record import posts_digest
+from mentalglm.core.prediction import posts_digest
+from mentalglm.data.mapping import DataMapping, parse_columns, parse_label_map
+from mentalglm.data.readers import PostSource, iter_posts, open_source, read_posts, read_records
 
 SUICIDE_SYSTEM = "你是心理健康分析助手，请你进行高低自杀风险预测。"
 HIGH, LOW = "高自杀风险", "低自杀风险"
@@ -63,7 +63,7 @@ class Case:
 
     def mapping(self) -> DataMapping | None:
         from mentalglm.cli import build_parser
-        from mentalglm.data_cli import data_mapping
+        from mentalglm.cli.common import data_mapping
 
         args = build_parser().parse_args(["data", "inspect", self.spec, "--task", self.task, *self.flags])
         return data_mapping(args)
@@ -350,7 +350,7 @@ def test_bare_quotes_in_a_tsv_stay_part_of_the_post(tmp_path, tasks):
 
 
 def test_common_text_column_names_are_detected_and_said(tmp_path, tasks):
-    from mentalglm.core.data_inspect import inspect_data
+    from mentalglm.data.inspect import inspect_data
 
     path = tmp_path / "weibo.csv"
     path.write_text("编号,微博,标签\n1,今天很开心,非抑郁\n2,什么都不想做,抑郁\n", encoding="utf-8")
@@ -414,7 +414,7 @@ def test_bytes_that_fit_no_encoding_name_line_and_byte(tmp_path, tasks, data, me
 
 
 def test_a_bad_byte_after_the_detected_start_names_its_line(tmp_path, tasks, monkeypatch):
-    from mentalglm.core import encodings
+    from mentalglm.data import encodings
 
     monkeypatch.setattr(encodings, "SNIFF_BYTES", 64)  # detection sees only the clean start
     path = tmp_path / "late.jsonl"
@@ -477,7 +477,7 @@ def test_duplicate_ids_positional_or_explicit(tmp_path, tasks, lines, message):
 
 
 def test_a_hash_collision_never_rejects_distinct_ids(tmp_path, tasks, monkeypatch):
-    from mentalglm.core import data
+    from mentalglm.data import readers as data
 
     monkeypatch.setattr(data._IdIndex, "_slot_hash", lambda self, post_id: 42)  # every id collides
     path = tmp_path / "ids.jsonl"
@@ -535,7 +535,7 @@ def test_local_datasets_folders_never_import_datasets(tmp_path):
     import sys
 
     case = hf_hub_layout_parquet(tmp_path)
-    script = ("import sys; from mentalglm.core.data import read_posts; "
+    script = ("import sys; from mentalglm.data.readers import read_posts; "
               f"n = len(read_posts({case.spec!r})); print(n, 'datasets' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
                             env={**__import__("os").environ, "MENTALGLM_LOAD_PLUGINS": "", "HF_HUB_OFFLINE": "1"})

@@ -88,8 +88,8 @@ def test_review_queue_hook_also_queues_posts_in_the_calibrated_review_band(pm, t
     from test_calibration import SyntheticScores
 
     from mentalglm import Analyzer, Post
-    from mentalglm.core import calibration as cal
-    from mentalglm.core import run_record
+    from mentalglm.analysis import calibration as cal
+    from mentalglm.core.files import digest
 
     monkeypatch.syspath_prepend(str(REVIEW_QUEUE))
     plugin = importlib.import_module("mentalglm_review_queue")
@@ -98,7 +98,7 @@ def test_review_queue_hook_also_queues_posts_in_the_calibrated_review_band(pm, t
     task = pm.task("suicide-risk")
     # Temperature 1 on log-likelihoods that are true log-probabilities: p(高自杀风险) is the q in the text.
     calibration = cal.Calibration(method="temperature", parameters={"temperature": 1.0}, task=task.name,
-                                  task_sha256=run_record.digest(task.describe()), labels=list(task.label_names),
+                                  task_sha256=digest(task.describe()), labels=list(task.label_names),
                                   risk_label="高自杀风险",
                                   policy=cal.Policy(risk_label="高自杀风险", review_band=(0.3, 0.6)))
     backend = SyntheticScores()

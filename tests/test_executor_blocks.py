@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from conftest import RecordingBackend
+from mentalglm.analysis import run_record
 from mentalglm.cli import main
-from mentalglm.core import run_record
 from mentalglm.core.errors import MentalGLMError
-from mentalglm.core.prediction import Post
+from mentalglm.core.prediction import Post, posts_digest
 from mentalglm.executors.blocks import BlockWriter, Fingerprint, OutputLayout, done_ids, merge, write_errors
 
 
@@ -104,7 +104,7 @@ def test_errors_file_lists_failures_and_goes_away_when_none(tmp_path):
 def test_fingerprint_is_the_run_records_digest_and_refuses_repeated_ids():
     posts = [Post(id="a", text="一"), Post(id="b", text="二", gold=("抑郁",))]
     fingerprint = Fingerprint.of(posts)
-    assert fingerprint.sha256 == run_record.posts_digest(posts)
+    assert fingerprint.sha256 == posts_digest(posts)
     assert (fingerprint.count, fingerprint.positions) == (2, {"a": 0, "b": 1})
     with pytest.raises(MentalGLMError, match="post id 'a' appears twice"):
         Fingerprint.of(posts + [Post(id="a", text="三")])

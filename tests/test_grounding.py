@@ -11,9 +11,9 @@ import pytest
 
 from conftest import RecordingBackend
 from mentalglm import Analyzer
-from mentalglm.core.data import read_posts
-from mentalglm.core.grounding import ground, grounding_of, grounding_summary, quoted_spans
+from mentalglm.analysis.grounding import ground, grounding_of, grounding_summary, quoted_spans
 from mentalglm.core.prediction import Post
+from mentalglm.data.readers import read_posts
 
 
 def evidence_task(tasks, name="depression"):
@@ -170,9 +170,9 @@ def test_bleu_and_rouge_equal_sacrebleu_and_an_independent_lcs():
     import sacrebleu
     from scipy import stats
 
-    from mentalglm.core import statistics as st
-    from mentalglm.core.explanation_metrics import explanation_metrics
     from mentalglm.core.metrics import rouge_l_chars
+    from mentalglm.evaluation import statistics as st
+    from mentalglm.evaluation.explanation_metrics import explanation_metrics
 
     predicted, references = _explanations()
     document = explanation_metrics(predicted, references, resamples=200, seed=5)
@@ -189,7 +189,7 @@ def test_bleu_and_rouge_equal_sacrebleu_and_an_independent_lcs():
     block = next(st.resample_blocks(len(references), 200, 5))
     chosen = [int(i) for i in block[0]]
     first = sacrebleu.corpus_bleu([predicted[i] for i in chosen], [[references[i] for i in chosen]], tokenize="zh")
-    from mentalglm.core.explanation_metrics import _bleu_from, _bleu_statistics
+    from mentalglm.evaluation.explanation_metrics import _bleu_from, _bleu_statistics
 
     stats_ = _bleu_statistics(predicted, references)
     assert _bleu_from(st._weights(block)[0] @ stats_) == pytest.approx(first.score / 100, abs=1e-12)

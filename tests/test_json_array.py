@@ -8,9 +8,9 @@ import json
 
 import pytest
 
-from mentalglm.core import json_array
-from mentalglm.core.data import iter_json_objects
 from mentalglm.core.errors import DataError
+from mentalglm.data import json_array
+from mentalglm.data.readers import iter_json_objects
 
 ITEMS = [{"id": "a", "input": "带 ] 和 [ 的帖子，还有 \"引号\" 与 \\ 反斜杠", "output": "标签：抑郁\n解释：…"},
          {"id": "b", "input": "第二条", "nested": {"list": [1, 2, {"x": "}"}]}},

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from mentalglm import Analyzer, OptionsError
-from mentalglm.core.data import read_posts
+from mentalglm.data.readers import read_posts
 
 pytest.importorskip("llama_cpp", reason="the llamacpp backend tests need the llamacpp extra")
 

@@ -14,7 +14,7 @@ import pytest
 
 from mentalglm import Analyzer, MentalGLMError, OptionsError
 from mentalglm.core.backend import GenerationRequest
-from mentalglm.core.data import read_posts
+from mentalglm.data.readers import read_posts
 
 pytest.importorskip("llama_cpp", reason="the llamacpp backend tests need the llamacpp extra")
 

@@ -18,8 +18,8 @@ from mentalglm import (
     UnknownNameError,
     hookimpl,
 )
-from mentalglm.core import plugins as plugins_module
-from mentalglm.core.plugins import PluginWarning
+from mentalglm.core import plugin_manager as plugins_module
+from mentalglm.core.plugin_manager import PluginWarning
 
 
 def test_builtins_register_through_the_hooks(pm):

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from mentalglm import Analyzer
-from mentalglm.core.data import read_posts
+from mentalglm.data.readers import read_posts
 
 # peft asks transformers 5 for a deprecated attribute when loading an adapter; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")

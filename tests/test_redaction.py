@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mentalglm.core.redaction import PLACEHOLDERS, id_checksum_ok, redact
+from mentalglm.analysis.redaction import PLACEHOLDERS, id_checksum_ok, redact
 
 
 @pytest.mark.parametrize("text, expected", [

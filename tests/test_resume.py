@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mentalglm.core.data import read_posts
+from mentalglm.data.readers import read_posts
 from models import kill_when
 
 

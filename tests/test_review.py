@@ -11,10 +11,10 @@ import pytest
 from sklearn.metrics import cohen_kappa_score
 
 from mentalglm.cli import main
-from mentalglm.core.data import iter_records, read_posts
 from mentalglm.core.errors import MentalGLMError
-from mentalglm.core.plugins import get_plugin_manager
-from mentalglm.core.run_record import posts_digest
+from mentalglm.core.plugin_manager import get_plugin_manager
+from mentalglm.core.prediction import posts_digest
+from mentalglm.data.readers import iter_records, read_posts
 from mentalglm.review.agreement import cohen_kappa, krippendorff_alpha, majority_labels, review_stats
 from mentalglm.review.label_studio import (
     DIMENSIONS,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mentalglm.core.data import read_posts, resolve_path, sample_names
+from mentalglm.data.readers import read_posts, resolve_path, sample_names
 
 TASKS = ("depression", "suicide-risk", "cognitive-distortion", "cognitive-pathway")
 

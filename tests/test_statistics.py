@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from mentalglm.core import statistics as st
 from mentalglm.core.task import ExtractionTask, Field, Label, MultiLabelTask, ParsedResponse, SingleLabelTask
+from mentalglm.evaluation import statistics as st
 
 statsmodels = pytest.importorskip("statsmodels")
 from scipy import stats  # noqa: E402
@@ -129,7 +129,7 @@ def _extraction_run(seed: int, n: int):
 
 
 def _hierarchical_run(seed: int, n: int):
-    from mentalglm.core.plugins import PluginManager
+    from mentalglm.core.plugin_manager import PluginManager
 
     task = PluginManager(load_entry_points=False).task("cognitive-pathway")
     rng = random.Random(seed)

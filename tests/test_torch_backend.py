@@ -11,9 +11,9 @@ import textwrap
 import pytest
 
 from mentalglm.core.backend import GenerationRequest
-from mentalglm.core.data import read_records
 from mentalglm.core.errors import MentalGLMError, OptionsError
-from mentalglm.core.plugins import PluginManager
+from mentalglm.core.plugin_manager import PluginManager
+from mentalglm.data.readers import read_records
 
 torch = pytest.importorskip("torch", reason="the torch backend tests need the torch extra")
 pytest.importorskip("transformers")

@@ -20,11 +20,12 @@ pytest.importorskip("peft", reason="training needs the torch extra")
 # peft asks transformers 5 for a deprecated attribute when loading an adapter; not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:.*is_gradient_checkpointing.*:FutureWarning")
 
-from mentalglm.core.data import read_records, resolve_path  # noqa: E402
+from mentalglm.cli import main as cli_main  # noqa: E402
+from mentalglm.cli.train import config_from_args  # noqa: E402
 from mentalglm.core.errors import DataError, MentalGLMError  # noqa: E402
 from mentalglm.core.files import file_sha256  # noqa: E402
 from mentalglm.core.prompt import GLM4_CHAT, PLAIN  # noqa: E402
-from mentalglm.training.cli import config_from_args, main  # noqa: E402
+from mentalglm.data.readers import read_records, resolve_path  # noqa: E402
 from mentalglm.training.config import build_config  # noqa: E402
 from mentalglm.training.dataset import (  # noqa: E402
     IGNORE_INDEX,
@@ -77,6 +78,12 @@ def _adapter_tensors(folder: Path) -> dict:
     from safetensors.torch import load_file
 
     return load_file(str(folder / "adapter_model.safetensors"))
+
+
+
+def main(argv):
+    """``mentalglm train ARGV…``, in process."""
+    return cli_main(["train", *argv])
 
 
 # -- data: masks and end token ----------------------------------------------------------------
@@ -283,9 +290,9 @@ def test_validation_after_each_epoch_writes_metrics(base, tmp_path, capsys):
 def test_validation_metrics_equal_evaluate_with_the_saved_adapter(base, tmp_path):
     """The last per-epoch validation is what `mentalglm evaluate --backend torch -O adapter=RUN/adapter` reports
     with the options metrics.json records: one generation path, by construction."""
-    from mentalglm.core.analyzer import Analyzer
-    from mentalglm.core.data import read_posts
-    from mentalglm.core.evaluation import evaluate
+    from mentalglm.analysis.analyzer import Analyzer
+    from mentalglm.data.readers import read_posts
+    from mentalglm.evaluation.evaluate import evaluate
 
     train_file, eval_file = _eval_split(tmp_path, slice(0, 40), slice(40, 46))
     out = tmp_path / "run"
@@ -320,9 +327,9 @@ def test_validation_generates_what_the_torch_backend_generates(trained, base, to
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
+    from mentalglm.analysis.analyzer import Analyzer
     from mentalglm.backends.torch_backend import TorchBackend
-    from mentalglm.core.analyzer import Analyzer
-    from mentalglm.core.data import read_posts
+    from mentalglm.data.readers import read_posts
     from mentalglm.training.validation import decoding_options
 
     out, _ = trained
@@ -340,7 +347,7 @@ def test_validation_generates_what_the_torch_backend_generates(trained, base, to
 
 # -- kill and resume --------------------------------------------------------------------------
 def _train_command(base, out, *extra):
-    return [sys.executable, "-m", "mentalglm.training", "--model", str(base), "--output", str(out),
+    return [sys.executable, "-m", "mentalglm", "train", "--model", str(base), "--output", str(out),
             "--stage", "sample:depression", "--stage", "sample:suicide-risk", "--max-steps", "7",
             "--batch-size", "2", "--max-length", "1024", "--learning-rate", "2e-3", "--save-every", "2",
             "--seed", "11", *extra]
@@ -440,7 +447,7 @@ def test_bad_settings_are_one_line(extra, expected, base, tmp_path, capsys):
 def test_config_file_stages_and_overrides(tmp_path, base):
     import argparse
 
-    from mentalglm.training.cli import add_train_parser
+    from mentalglm.cli.train import add_parser as add_train_parser
 
     (tmp_path / "data").mkdir()
     _write_jsonl(tmp_path / "data" / "en.jsonl", [GOOD])
@@ -479,7 +486,7 @@ FLAGS_IN_USE = (
 def _train_parser():
     import argparse
 
-    from mentalglm.training.cli import add_train_parser
+    from mentalglm.cli.train import add_parser as add_train_parser
 
     parser = argparse.ArgumentParser()
     add_train_parser(parser.add_subparsers(dest="command"))

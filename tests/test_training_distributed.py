@@ -87,10 +87,10 @@ def assert_same_training(ddp: Path, single: Path) -> None:
 def test_two_processes_with_gloo_equal_one_process(tiny_models, tmp_path):
     base = tiny_models["glm"]
     ddp, single = tmp_path / "ddp", tmp_path / "single"
-    launched = subprocess.Popen(_torchrun() + ["--standalone", "--nproc_per_node", "2", "-m", "mentalglm.training",
+    launched = subprocess.Popen(_torchrun() + ["--standalone", "--nproc_per_node", "2", "-m", "mentalglm", "train",
                                                *_args(base, ddp, 1)],
                                 env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    alone = subprocess.run([sys.executable, "-m", "mentalglm.training", *_args(base, single, 2), "--quiet"],
+    alone = subprocess.run([sys.executable, "-m", "mentalglm", "train", *_args(base, single, 2), "--quiet"],
                            env=ENV, capture_output=True, text=True, timeout=300)
     out, err = launched.communicate(timeout=300)
     assert launched.returncode == 0, err[-2000:]

@@ -67,7 +67,7 @@ def test_gpu_memory_budget_holds_against_measured_vram():
 def test_torch_runs_bfloat16_on_cuda_and_answers_in_format(tiny_models):
     from mentalglm import Analyzer
     from mentalglm.backends.torch_backend import TorchBackend
-    from mentalglm.core.data import read_posts
+    from mentalglm.data.readers import read_posts
 
     with TorchBackend(str(tiny_models["glm"]), {"max_new_tokens": 24}) as backend:
         assert backend.device.type == "cuda" and backend.dtype == torch.bfloat16

@@ -23,14 +23,13 @@ from typing import Any, Iterable, Literal, Sequence
 
 from pydantic import Field, field_validator
 
+from mentalglm.backends import server_dialects as dialects
+from mentalglm.backends.openai_http import Cancelled, HTTPStatusError, JsonClient, NotJSON, public_url
+from mentalglm.backends.replicas import ReplicaPool
+from mentalglm.backends.server_dialects import Constraint, ServerInfo
 from mentalglm.core.backend import Backend, BackendOptions, Completion, GenerationRequest
 from mentalglm.core.errors import MentalGLMError, OptionsError
 from mentalglm.core.response_format import ResponseFormat
-
-from . import server_dialects as dialects
-from .openai_http import Cancelled, HTTPStatusError, JsonClient, NotJSON, public_url
-from .replicas import ReplicaPool
-from .server_dialects import Constraint, ServerInfo
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +200,7 @@ class OpenAIBackend(Backend):
     environment (unless ``trust_env_proxy``), no redirects followed, no credentials in the URL.
     Because that server may be another machine, the Analyzer **redacts posts by default** for this backend
     (``redacts_by_default``: URLs, e-mail addresses, ID-card and phone numbers, @mentions; see
-    :mod:`mentalglm.core.redaction`); turn it off with ``--no-redact`` / ``redact=False``. The
+    :mod:`mentalglm.analysis.redaction`); turn it off with ``--no-redact`` / ``redact=False``. The
     API key is read from the environment variable named by ``api_key_env``; it is never an
     option, never logged and never part of an error message. Errors never quote the prompt or
     an answer.

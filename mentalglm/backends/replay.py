@@ -7,8 +7,8 @@ from typing import Iterable, Sequence
 from pydantic import Field
 
 from mentalglm.core.backend import Backend, BackendOptions, Completion, GenerationRequest
-from mentalglm.core.data import iter_json_objects, resolve_path
 from mentalglm.core.errors import DataError, MentalGLMError
+from mentalglm.data.readers import iter_json_objects, resolve_path
 
 
 class ReplayOptions(BackendOptions):

@@ -23,9 +23,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from mentalglm.backends.openai_http import Cancelled, JsonClient, Retryable
 from mentalglm.core.errors import MentalGLMError
-
-from .openai_http import Cancelled, JsonClient, Retryable
 
 log = logging.getLogger(__name__)
 

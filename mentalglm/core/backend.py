@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Iterable, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from .errors import OptionsError
-from .response_format import ResponseFormat
+from mentalglm.core.errors import OptionsError
+from mentalglm.core.response_format import ResponseFormat
 
 
 class BackendOptions(BaseModel):

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .errors import MentalGLMError
+from mentalglm.core.errors import MentalGLMError
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
@@ -62,3 +62,8 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+def digest(value: Any) -> str:
+    """SHA-256 of a JSON-serialisable value (keys sorted), for fingerprints of settings."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

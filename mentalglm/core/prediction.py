@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 
 @dataclass
@@ -53,7 +55,7 @@ class Prediction:
             confident.
         evidence: the spans the answer quotes (evidence part and explanation), each with its
             offsets in the post the backend saw (redacted, possibly truncated) and whether the
-            post contains it (see :mod:`~mentalglm.core.grounding`); None when it quotes nothing.
+            post contains it (see :mod:`~mentalglm.analysis.grounding`); None when it quotes nothing.
         grounding: the share of those spans the post contains, or None without quotes.
         confidence: single-label tasks in score mode, or generate mode with ``confidence``: the
             softmax probability, over the task's labels, of the label given (uncalibrated; see
@@ -97,3 +99,13 @@ class Prediction:
         if isinstance(self.gold, tuple):
             data["gold"] = list(self.gold)
         return data
+
+def posts_digest(posts: Sequence[Post]) -> str:
+    """SHA-256 of the posts as read (ids, texts, instructions, gold answers), in order."""
+    hasher = hashlib.sha256()
+    for post in posts:
+        gold = list(post.gold) if isinstance(post.gold, tuple) else post.gold
+        hasher.update(json.dumps([post.id, post.text, post.instruction, gold], ensure_ascii=False,
+                                 sort_keys=True).encode("utf-8"))
+        hasher.update(b"\n")
+    return hasher.hexdigest()

@@ -13,9 +13,9 @@ import re
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Mapping, Sequence
 
-from . import metrics as _metrics
-from .parsing import LABEL_SEPARATORS, LabelMatcher, first_line, fold, normalize, split_sections
-from .response_format import ResponseFormat
+from mentalglm.core import metrics as _metrics
+from mentalglm.core.parsing import LABEL_SEPARATORS, LabelMatcher, first_line, fold, normalize, split_sections
+from mentalglm.core.response_format import ResponseFormat
 
 #: Header words that introduce the label line, besides the task's own ``label_prefix``.
 LABEL_HEADERS = ("标签", "标注", "类别", "分类", "分类结果", "判断", "判断结果", "预测", "答案", "结论",

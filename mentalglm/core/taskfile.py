@@ -26,8 +26,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import MentalGLMError
-from .task import ExtractionTask, Field, HierarchicalTask, Label, MultiLabelTask, SingleLabelTask, Task
+from mentalglm.core.errors import MentalGLMError
+from mentalglm.core.task import ExtractionTask, Field, HierarchicalTask, Label, MultiLabelTask, SingleLabelTask, Task
 
 #: Keys a task file may contain.
 TASK_FILE_KEYS = frozenset({

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from mentalglm.core.data import read_records, resolve_path
+from mentalglm.data.readers import read_records, resolve_path
 
 TASKS = ("depression", "suicide-risk", "cognitive-distortion", "cognitive-pathway")
 #: Demo model and training recipe; bump VERSION when they change so old caches are not reused.
@@ -187,10 +187,10 @@ def _show(task: str, post, prediction, fmt, say) -> None:
 
 def _analyse_and_evaluate(gguf: Path, splits: dict, output_dir: Path, options: dict, say, timing: Timing) -> dict:
     """Phases 4 and 5 on one llama.cpp model shared by the four tasks (loading is most of a tiny model's cost)."""
-    from mentalglm.core.analyzer import Analyzer
-    from mentalglm.core.data import read_posts
-    from mentalglm.core.evaluation import evaluate
-    from mentalglm.core.plugins import get_plugin_manager
+    from mentalglm.analysis.analyzer import Analyzer
+    from mentalglm.core.plugin_manager import get_plugin_manager
+    from mentalglm.data.readers import read_posts
+    from mentalglm.evaluation.evaluate import evaluate
 
     documents = {}
     with contextlib.ExitStack() as stack:

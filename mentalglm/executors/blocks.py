@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
-from mentalglm.core import run_record
+from mentalglm.analysis import run_record
 from mentalglm.core.errors import DataError, MentalGLMError
-from mentalglm.core.prediction import Post
+from mentalglm.core.prediction import Post, posts_digest
 
 PART_GLOB = "part-*.jsonl"
 _BOM = b"\xef\xbb\xbf"
@@ -285,7 +285,7 @@ class Fingerprint:
 
     @classmethod
     def of(cls, posts: Iterable[Post]) -> Fingerprint:
-        """The fingerprint of ``posts`` (any iterable, read once); ``sha256`` equals :func:`run_record.posts_digest`."""
+        """The fingerprint of ``posts`` (any iterable, read once); ``sha256`` is ``posts_digest``."""
         fingerprint = cls()
-        fingerprint.sha256 = run_record.posts_digest(fingerprint.track(posts))
+        fingerprint.sha256 = posts_digest(fingerprint.track(posts))
         return fingerprint

@@ -2,7 +2,7 @@
 
 Posts flow through :meth:`ray.data.Dataset.map_batches` into a pool of ``workers`` actors (Ray
 Data's ``ActorPoolStrategy``: its LLM processors' ``concurrency``); each actor builds one
-:class:`~mentalglm.core.analyzer.Analyzer` — one backend: ``llamacpp`` on CPU nodes, ``torch`` on
+:class:`~mentalglm.analysis.analyzer.Analyzer` — one backend: ``llamacpp`` on CPU nodes, ``torch`` on
 GPU nodes, ``openai`` against servers — in its ``__init__`` and keeps it for every batch, as Ray
 Data's LLM batch processors do. A post whose
 prediction fails becomes a row with its id and a one-line error, never a crash of the job.
@@ -35,14 +35,13 @@ import itertools
 import json
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from typing import Any, Iterable, Iterator, Mapping
 
-from mentalglm.core import run_record
+from mentalglm.analysis import run_record
 from mentalglm.core.errors import MentalGLMError
-from mentalglm.core.plugins import PluginManager, get_plugin_manager
-from mentalglm.core.prediction import Post, Prediction
+from mentalglm.core.plugin_manager import PluginManager, get_plugin_manager
+from mentalglm.core.prediction import Post, Prediction, posts_digest
 from mentalglm.executors import blocks
 from mentalglm.executors.blocks import Fingerprint, OutputLayout
 
@@ -133,7 +132,7 @@ class PostAnalyzer:
     """The Ray Data actor: one Analyzer (one backend) built in ``__init__``, then a batch of posts per call.
 
     Args:
-        config: the :class:`~mentalglm.core.analyzer.Analyzer` keyword arguments (task object,
+        config: the :class:`~mentalglm.analysis.analyzer.Analyzer` keyword arguments (task object,
             backend name, model, options, …), the same on every worker.
         skip: ids not to predict (already written), or an ObjectRef of that set.
 
@@ -144,7 +143,7 @@ class PostAnalyzer:
     """
 
     def __init__(self, config: Mapping[str, Any], skip: Any = frozenset()):
-        from mentalglm.core.analyzer import Analyzer
+        from mentalglm.analysis.analyzer import Analyzer
 
         self.analyzer, self.failure = None, None
         try:
@@ -265,7 +264,7 @@ def analyze_dataset(ds, *, task, output: str | os.PathLike, backend: str = "llam
     Args:
         ds: the posts.
         task, backend, model, options, prompt, system, mode, explain, redact, strict_format,
-            calibration: as for :class:`~mentalglm.core.analyzer.Analyzer` (names are resolved
+            calibration: as for :class:`~mentalglm.analysis.analyzer.Analyzer` (names are resolved
             here, so a typo fails before any worker starts).
         output: the output folder; rerunning into it resumes.
         workers: actors, each owning one backend (the size of Ray Data's actor pool: a number, or
@@ -300,7 +299,7 @@ def analyze_posts(posts: Iterable[Post], *, output: str | os.PathLike, data: str
     """Analyse posts this process reads (``mentalglm analyze --executor ray --input FILE --output FILE``).
 
     The posts are read once here (a re-iterable stream such as
-    :class:`~mentalglm.core.data.PostSource` stays in flat memory): fingerprinted, and those not
+    :class:`~mentalglm.data.readers.PostSource` stays in flat memory): fingerprinted, and those not
     yet done put into the cluster's object store in blocks of ``batch_size`` — one actor call
     each, so every worker gets work however small the file. The layout is the local
     executor's (``FILE``, ``FILE.run.json``), plus ``FILE.parts/`` and ``FILE.errors.jsonl``.
@@ -385,7 +384,7 @@ def _pool(workers: int | tuple[int, int]):
 def _settings_of(config: Mapping[str, Any], post_ids: list[str]) -> dict:
     """The settings a worker records, after the preflight a worker makes on ``post_ids`` (a server then
     identifies itself); run as a Ray task when no post is left, so a rerun is still checked."""
-    from mentalglm.core.analyzer import Analyzer
+    from mentalglm.analysis.analyzer import Analyzer
 
     with Analyzer(**config) as analyzer:
         analyzer.backend.preflight(iter(post_ids), response_format=analyzer.response_format)
@@ -401,7 +400,7 @@ def _run(read_posts, make_dataset, layout: OutputLayout, arguments: Mapping[str,
     config = _config(arguments, plugins)
     done = blocks.done_ids(layout) if done is None else done
     fingerprint = Fingerprint()
-    fingerprint.sha256 = run_record.posts_digest(fingerprint.track(read_posts()))
+    fingerprint.sha256 = posts_digest(fingerprint.track(read_posts()))
     data = run_record.data_settings(arguments.get("data"), fingerprint.sha256)
     _check_data(layout, data, bool(done), retry_hint)
     skipped = len(done & fingerprint.positions.keys())
@@ -429,7 +428,7 @@ def _run(read_posts, make_dataset, layout: OutputLayout, arguments: Mapping[str,
     counts = {"analysed": 0, "invalid": 0, "without_label_line": 0}
     errors: list[tuple[str, str]] = []
     task = config["task"]
-    from mentalglm.core.analyzer import _Progress  # the local executor's progress line, not a second one
+    from mentalglm.analysis.analyzer import _Progress  # the local executor's progress line, not a second one
 
     meter = _Progress(fingerprint.count - skipped, arguments.get("progress"))
     if fingerprint.count > skipped:
@@ -500,40 +499,16 @@ def _user_error(exc: BaseException, layout: OutputLayout) -> MentalGLMError:
                           f"{layout.parts}: rerun the same command to finish")
 
 
-def analyze_command(args, task, arguments: Mapping[str, Any]) -> int:
-    """``mentalglm analyze --executor ray``: the posts of ``--input`` into ``--output`` on a Ray cluster.
-
-    Args:
-        args: the parsed command line.
-        task: the task, resolved.
-        arguments: the Analyzer's arguments from the command line.
-
-    Returns:
-        0; a run in which posts failed ends with a one-line error (exit code 1) after the summary.
+def analyze_on_cluster(posts: Iterable[Post], *, output: str | os.PathLike, address: str | None = None,
+                       log_to_driver: bool = False, **settings: Any) -> RaySummary:
+    """:func:`analyze_posts` on the cluster at ``address`` (default: a local one), shut down afterwards.
 
     Raises:
-        MentalGLMError: no ``--input``/``--output``, Ray missing, or what :func:`analyze_posts` raises.
+        MentalGLMError: Ray is missing, or what :func:`analyze_posts` raises.
     """
-    from mentalglm.core.data import PostSource
-    from mentalglm.data_cli import data_mapping
-
-    if args.text or not args.input or not args.output:
-        raise MentalGLMError("--executor ray needs --input FILE and --output FILE (predictions are written, not shown)")
     ray = _ray()
-    init_ray(args.ray_address, log_to_driver=args.verbose > 0)
+    init_ray(address, log_to_driver=log_to_driver)
     try:
-        summary = analyze_posts(PostSource(args.input, task, data_mapping(args)), output=args.output,
-                                data=args.input, workers=args.workers or 1, num_cpus=args.worker_cpus or 1,
-                                num_gpus=args.worker_gpus or 0, progress=False if args.quiet else None,
-                                **arguments)
+        return analyze_posts(posts, output=output, **settings)
     finally:
         ray.shutdown()
-    if args.json:
-        sys.stdout.write(json.dumps(dataclasses.asdict(summary), ensure_ascii=False, indent=2) + "\n")
-    else:
-        print(f"{summary.analysed} posts analysed, {summary.skipped} already done, {summary.invalid} invalid, "
-              f"{summary.without_label_line} read without a label line, {summary.errors} failed → {summary.output}")
-    if summary.errors:
-        raise MentalGLMError(f"{summary.errors} posts failed (first: {summary.first_error}); their ids are in "
-                             f"{summary.errors_file}; rerun the same command to retry them")
-    return 0

@@ -9,7 +9,7 @@
 - **Model vs. expert**: the reviewers' majority label per post (ties are listed and left out)
   against the model's label: accuracy with its Wilson interval, and Cohen's κ.
 - **Mean ratings** per dimension with a 95 % percentile-bootstrap interval over posts (a post's
-  ratings stay together in a resample), by :mod:`mentalglm.core.statistics`.
+  ratings stay together in a resample), by :mod:`mentalglm.evaluation.statistics`.
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ import warnings
 from collections import Counter, defaultdict
 from typing import Any, Iterable, Mapping, Sequence
 
-from mentalglm.core import statistics
-
-from .label_studio import DIMENSIONS
+from mentalglm.evaluation import statistics
+from mentalglm.review.label_studio import DIMENSIONS
 
 LABEL = "label"
 

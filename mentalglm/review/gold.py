@@ -14,8 +14,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 from mentalglm.core.errors import DataError, MentalGLMError
 from mentalglm.core.prediction import Post
-
-from .agreement import latest_reviews, majority_labels
+from mentalglm.review.agreement import latest_reviews, majority_labels
 
 _REQUIRED = ("post_id", "reviewer", "labels")
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 from xml.sax.saxutils import quoteattr
 
-from mentalglm.core.calibration import label_probabilities
+from mentalglm.analysis.calibration import label_probabilities
 from mentalglm.core.errors import MentalGLMError
 
 #: The explanation-quality dimensions of the IMHI line of work, with what the reviewer judges.
@@ -275,7 +275,7 @@ def build_tasks(rows: Iterable[Mapping[str, Any]], texts: Mapping[str, str], *, 
     Raises:
         MentalGLMError: a prediction whose post is not in ``texts``.
     """
-    from mentalglm.core.redaction import redact as redact_text
+    from mentalglm.analysis.redaction import redact as redact_text
 
     summary = ExportSummary(redacted=redact, risk_label=risk_label, scale=str(scale))
     prepared = []

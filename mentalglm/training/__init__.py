@@ -20,7 +20,6 @@ Modules, one job each:
   backend, the numbers ``mentalglm evaluate`` reports;
 - :mod:`~mentalglm.training.curves` — ``loss.json`` and ``loss.png``;
 - :mod:`~mentalglm.training.loop` — the training loop;
-- :mod:`~mentalglm.training.cli` — the ``mentalglm train`` command.
 
 Importing this package is cheap: torch, transformers, peft and matplotlib are imported inside
 the functions that need them.

@@ -69,7 +69,7 @@ class StageConfig(BaseModel):
 def cli(group: str, metavar: str | None = None, *aliases: str) -> dict:
     """Command-line hints for a :class:`TrainConfig` field (its ``json_schema_extra``).
 
-    ``mentalglm train`` builds one option per field (:mod:`mentalglm.training.cli`): the name,
+    ``mentalglm train`` builds one option per field (:mod:`mentalglm.cli.train`): the name,
     type, choices, default and help come from the field itself; these hints only place it.
 
     Args:

@@ -18,9 +18,9 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-from mentalglm.core.data import Record, open_source, read_records
 from mentalglm.core.errors import DataError, MentalGLMError
 from mentalglm.core.prompt import PromptStyle
+from mentalglm.data.readers import Record, open_source, read_records
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ def read_stage_records(specs: Sequence[str], task=None, mapping=None) -> list[tu
     Args:
         specs: file paths, dataset cards or ``sample:NAME`` specs.
         task: when given, every ``output`` must state a valid gold answer of this task.
-        mapping: how to read them (:class:`~mentalglm.core.mapping.DataMapping`), or None.
+        mapping: how to read them (:class:`~mentalglm.data.mapping.DataMapping`), or None.
 
     Returns:
         ``(file, records)`` per spec, in order.

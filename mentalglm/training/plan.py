@@ -207,7 +207,7 @@ def _validator(config: TrainConfig, task, style) -> Validator | None:
 
 def data_mapping(config: TrainConfig):
     """How the run's data files are read (the ``data_mapping`` setting), or None."""
-    from mentalglm.core.mapping import DataMapping
+    from mentalglm.data.mapping import DataMapping
 
     return DataMapping.from_dict(config.data_mapping, origin="data_mapping") if config.data_mapping else None
 
@@ -221,7 +221,7 @@ def plan_run(config: TrainConfig, dist, report: Reporter) -> RunPlan:
     Raises:
         MentalGLMError: anything wrong with the input (see :func:`train`).
     """
-    from mentalglm.core.plugins import get_plugin_manager
+    from mentalglm.core.plugin_manager import get_plugin_manager
 
     plugins = get_plugin_manager()
     style = plugins.prompt(config.prompt)

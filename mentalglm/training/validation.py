@@ -2,9 +2,9 @@
 
 After each epoch the in-memory peft model (adapter unmerged, dropout off) is wrapped with
 :meth:`TorchBackend.from_model <mentalglm.backends.torch_backend.TorchBackend.from_model>` and
-run through the same :class:`~mentalglm.core.analyzer.Analyzer` that ``mentalglm evaluate``
+run through the same :class:`~mentalglm.analysis.analyzer.Analyzer` that ``mentalglm evaluate``
 uses; outputs are parsed with ``task.parse`` and scored with ``task.compute_metrics`` as
-:func:`mentalglm.core.evaluation.evaluate` does. So the numbers are, by construction, those of
+:func:`mentalglm.evaluation.evaluate.evaluate` does. So the numbers are, by construction, those of
 ``mentalglm evaluate --backend torch -O adapter=RUN/adapter`` with the options recorded in
 ``metrics.json`` — one generation path, no second implementation to drift. Wrapping the model
 in memory avoids writing and reloading the adapter every epoch.
@@ -20,10 +20,10 @@ import shlex
 from dataclasses import dataclass
 from typing import Sequence
 
-from mentalglm.core.data import open_source, read_posts
 from mentalglm.core.errors import DataError
 from mentalglm.core.prediction import Post, Prediction
 from mentalglm.core.prompt import PromptStyle
+from mentalglm.data.readers import open_source, read_posts
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def decoding_options(max_new_tokens: int) -> dict:
 
 
 def score(task, golds: Sequence, predictions: Sequence[Prediction]) -> dict:
-    """The task's metrics for predictions, computed as :func:`mentalglm.core.evaluation.evaluate` does.
+    """The task's metrics for predictions, computed as :func:`mentalglm.evaluation.evaluate.evaluate` does.
 
     Returns:
         ``{"primary_metric", "primary_value", "counts": {"posts", "valid", "invalid"}, "metrics"}``.
@@ -108,8 +108,8 @@ class Validator:
 
     def run(self, model, tokenizer, device) -> dict:
         """Generate for every eval post with ``model`` (left as it is) and score the outputs (see :func:`score`)."""
+        from mentalglm.analysis.analyzer import Analyzer
         from mentalglm.backends.torch_backend import TorchBackend
-        from mentalglm.core.analyzer import Analyzer
 
         # The backend wraps the caller's model: closing it frees nothing of the training run.
         with TorchBackend.from_model(model, tokenizer, self.options, device=device) as backend:

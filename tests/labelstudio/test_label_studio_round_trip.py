@@ -27,8 +27,8 @@ import pytest
 
 from conftest import free_port, wait_until_serving
 from mentalglm.cli import main
-from mentalglm.core.data import iter_records, read_posts
-from mentalglm.core.plugins import get_plugin_manager
+from mentalglm.core.plugin_manager import get_plugin_manager
+from mentalglm.data.readers import iter_records, read_posts
 from mentalglm.review.agreement import krippendorff_alpha, review_stats
 from mentalglm.review.gold import read_reviews
 from mentalglm.review.label_studio import DIMENSIONS

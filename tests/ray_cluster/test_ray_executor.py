@@ -50,7 +50,7 @@ def cluster():
 @pytest.fixture(scope="module")
 def posts_file(tmp_path_factory) -> Path:
     """2,000 synthetic posts (the shipped sample's texts, numbered), as a JSONL file with ids."""
-    from mentalglm.core.data import read_posts
+    from mentalglm.data.readers import read_posts
 
     texts = [p.text[:60] for p in read_posts("sample:depression")]
     path = tmp_path_factory.mktemp("ray-posts") / "posts.jsonl"
@@ -70,7 +70,7 @@ def model(exported) -> str:
 def reference(model, posts_file, tmp_path_factory) -> list[dict]:
     """The local executor's predictions of the same posts, in this process."""
     from mentalglm import Analyzer
-    from mentalglm.core.data import PostSource
+    from mentalglm.data.readers import PostSource
 
     out = tmp_path_factory.mktemp("ray-local") / "predictions.jsonl"
     with Analyzer(task="depression", backend="llamacpp", model=model, options=OPTIONS, batch_size=BATCH) as analyzer:
