@@ -203,8 +203,14 @@ def test_body_and_parsed_completion(fake):
 def test_order_is_kept_with_concurrency(fake):
     rng = random.Random(0)
     delays = [rng.uniform(0.0, 0.08) for _ in range(16)]
+    second = threading.Event()
 
     def reply(body, n):
+        # The first answer waits for a second request to arrive: overlap is shown, not left to timing.
+        if n == 1:
+            second.wait(30)
+        else:
+            second.set()
         index = int(body["prompt"].rsplit("#", 1)[1].split("<")[0])
         return Reply(body=FakeOpenAI.echo(body, n).body, delay=delays[index])
 

@@ -25,7 +25,13 @@ import numpy as np
 from pydantic import Field
 
 from mentalglm.backends.llamacpp_batch import Continuation, Job, ParallelDecoder, PromptTooLong, log_softmax
-from mentalglm.backends.llamacpp_native import TokenPieces, end_of_generation, last_logits, open_llama
+from mentalglm.backends.llamacpp_native import (
+    TokenPieces,
+    end_of_generation,
+    last_logits,
+    model_start_tokens,
+    open_llama,
+)
 from mentalglm.core.backend import Backend, BackendOptions, Completion, GenerationRequest
 from mentalglm.core.errors import MentalGLMError, OptionsError
 from mentalglm.core.threads import default_threads
@@ -184,6 +190,9 @@ class LlamaCppBackend(Backend):
         self._grammars: OrderedDict = OrderedDict()
         self._recent_tokens: dict[tuple[str, bool], list[int]] = {}
         self._is_end = end_of_generation(self.llm)
+        # BOS once: where the GGUF says add_bos_token and the prompt text does not start with it
+        # (GLM-4 prompts carry [gMASK]<sop> as text; Gemma's answers go wrong without its <bos>).
+        self._start_tokens = model_start_tokens(self.llm)
         self._pieces = TokenPieces(self.llm)
         metadata = self.llm.metadata or {}
         self.total_layers = int(metadata.get(f"{metadata.get('general.architecture')}.block_count", 0))
@@ -201,19 +210,37 @@ class LlamaCppBackend(Backend):
         ids = self._recent_tokens.get(key)
         if ids is None:
             ids = self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=special)
+            if special and self._start_tokens and ids[: len(self._start_tokens)] != self._start_tokens:
+                ids = self._start_tokens + ids  # the GGUF asks for BOS and the text does not carry it already
             if len(self._recent_tokens) >= _RECENT_PROMPTS:
                 self._recent_tokens.pop(next(iter(self._recent_tokens)))
             self._recent_tokens[key] = ids
         return list(ids)
 
     def token_count(self, text: str) -> int:
-        """Tokens in ``text`` with special tokens parsed (GLM-4 prompts carry ``[gMASK]<sop>``)."""
+        """Tokens of prompt ``text``: special tokens parsed (GLM-4: ``[gMASK]<sop>``), BOS as the model asks."""
         return len(self._tokenize(text))
 
     @property
     def context_length(self) -> int:
         """The context window of one post (with parallel sequences: of each sequence)."""
         return self._decoder.context.n_ctx_seq if self._decoder else self.llm.n_ctx()
+
+    def chat_template(self):
+        """The GGUF's ``tokenizer.chat_template``, with its BOS and EOS tokens as text; None without one."""
+        from mentalglm.core.prompt import ChatTemplate
+
+        text = (self.llm.metadata or {}).get("tokenizer.chat_template")
+        if not text:
+            return None
+        llama_cpp, vocab = self._llama_cpp, self.llm._model.vocab  # private: no public vocab handle
+
+        def token_text(token: int) -> str:
+            return self._pieces.piece(token).decode("utf-8", "replace") if token >= 0 else ""
+
+        return ChatTemplate(text=text, source=Path(self.model).name,
+                            bos_token=token_text(int(llama_cpp.llama_vocab_bos(vocab))),
+                            eos_token=token_text(int(llama_cpp.llama_vocab_eos(vocab))))
 
     @property
     def preferred_batch_size(self) -> int:
@@ -266,20 +293,28 @@ class LlamaCppBackend(Backend):
     def _complete(self, request: GenerationRequest) -> Completion:
         # Our own token loop rather than create_completion: that one drops control tokens and
         # invalid UTF-8 from the text and runs past max_tokens to finish a character, so the
-        # same tokens would read differently from the torch backend's answer.
+        # same tokens would read differently from the torch backend's answer. Sampling is the
+        # parallel path's (SequenceSampler): sample, then check the one token against the grammar.
+        from mentalglm.backends.llamacpp_native import OwnContext, SequenceSampler
+
         opts = self.options
-        if not opts.prefix_cache:
-            self.llm.reset()
         tokens = self._tokenize(request.prompt)
-        self.llm.set_seed(opts.seed)
         continuation = self._continuation(request)
         finish = "length"
         if continuation.budget > 0:
-            for token in self.llm.generate(tokens, top_k=0, top_p=opts.top_p, min_p=0.0, temp=opts.temperature,
-                                           repeat_penalty=1.0, grammar=self._request_grammar(request)):
-                finish = continuation.accept(token)
-                if finish:
-                    break
+            self._evaluate(tokens)
+            sampler = SequenceSampler(self.llm, temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed,
+                                      grammar=self._request_grammar(request))
+            context = OwnContext(self.llm)
+            try:
+                while True:
+                    token = sampler.sample(context, -1)
+                    finish = continuation.accept(token)
+                    if finish:
+                        break
+                    self.llm.eval([token])
+            finally:
+                sampler.close()
         return self._completion(request, tokens, continuation.generated, finish)
 
     def _completion(self, request: GenerationRequest, tokens: list[int], generated: list[int],

@@ -278,46 +278,122 @@ class BatchContext:
         self._context.close()
 
 
-class SequenceSampler:
-    """One sequence's own sampler chain, built as ``Llama.generate`` builds it.
+#: llama.cpp's ``llama_token_data`` (id, logit, p) as a numpy record, for whole-vocabulary candidate arrays.
+TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
 
-    The chain (grammar first, then greedy, or top-p and temperature with a dist sampler seeded
-    with ``seed``) holds the sequence's grammar state and random state, so constrained answers
-    stay valid and sampling stays reproducible however sequences interleave: each sequence
-    samples exactly as the one-post-at-a-time path does for the same post. Greedy decoding
-    without a grammar is the argmax of the logits row (the first maximum, as llama.cpp's greedy
-    sampler picks it), read in place: the chain would copy the whole vocabulary per token.
+
+class SequenceSampler:
+    """One sequence's own sampler: sample first, then check the one token against the grammar.
+
+    The sampler chain (greedy, or top-p and temperature with a dist sampler seeded with ``seed``,
+    built as ``Llama.generate`` builds it) carries no grammar. A sampled token is offered to the
+    sequence's grammar alone (a one-token candidate array); only when the grammar rejects it does
+    the whole vocabulary go through the grammar and the chain pick again among what is left —
+    what llama.cpp's own ``common_sampler`` does. On a 262k-token vocabulary a grammar pass over
+    every token costs more than the decode step itself, and a trained model's first choice is
+    almost always allowed. Greedy answers are exactly those of grammar-first sampling (the best
+    token, if allowed, is the best allowed token); sampled ones draw from the unconstrained
+    distribution first, as llama.cpp's server does. Greedy decoding reads the argmax of the
+    logits row in place (the first maximum, as llama.cpp's greedy sampler picks it).
 
     Args:
-        llm: the ``Llama`` whose chain construction is used.
+        llm: the ``Llama`` whose chain construction and vocabulary are used.
         temperature, top_p: as the backend's options.
         seed: the seed of this sequence's random state.
         grammar: a ``llama_cpp.LlamaGrammar`` or None.
+
+    Attributes:
+        rejections: how many sampled tokens the grammar refused (each cost one whole-vocabulary pass).
     """
 
     def __init__(self, llm, *, temperature: float, top_p: float, seed: int, grammar=None):
-        self._llama_cpp = load_llama_cpp()
-        self._chain = None
-        if temperature == 0.0 and grammar is None:
-            return
-        previous = llm._seed
-        llm.set_seed(seed)
-        try:
-            # private: the very chain Llama.generate samples with (same samplers, same order)
-            self._chain = llm._init_sampler(top_k=0, top_p=top_p, min_p=0.0, temp=temperature, repeat_penalty=1.0,
-                                            grammar=grammar)
-        finally:
-            llm.set_seed(previous)
+        llama_cpp = self._llama_cpp = load_llama_cpp()
+        self._chain = self._grammar = None
+        self.rejections = 0
+        if temperature != 0.0:
+            previous = llm._seed
+            llm.set_seed(seed)
+            try:
+                # private: the very chain Llama.generate samples with (same samplers, same order), no grammar
+                self._chain = llm._init_sampler(top_k=0, top_p=top_p, min_p=0.0, temp=temperature,
+                                                repeat_penalty=1.0, grammar=None)
+            finally:
+                llm.set_seed(previous)
+        if grammar is not None:
+            self._grammar = llama_cpp.llama_sampler_init_grammar(
+                llm._model.vocab, grammar._grammar.encode("utf-8"), grammar._root.encode("utf-8"))
+            if not self._grammar:
+                raise ValueError("llama.cpp could not compile the answer grammar")
+            self._one = (llama_cpp.llama_token_data * 1)()
+            self._one_array = llama_cpp.llama_token_data_array(data=self._one, size=1, selected=-1, sorted=False)
 
-    def sample(self, context: BatchContext, index: int) -> int:
-        """Sample from row ``index`` of the last batch and advance this chain (grammar) with the token."""
+    def sample(self, context, index: int) -> int:
+        """Sample from row ``index`` of the context's last batch and advance the grammar with the token.
+
+        Args:
+            context: a :class:`BatchContext`, or :class:`OwnContext` (a ``Llama``'s own context).
+            index: the row (-1: the last).
+        """
+        llama_cpp = self._llama_cpp
+        ctx, n_vocab = context.native, context.n_vocab
         if self._chain is None:
-            pointer = self._llama_cpp.llama_get_logits_ith(context.native, index)
-            return int(np.ctypeslib.as_array(pointer, shape=(context.n_vocab,)).argmax())
-        return int(self._llama_cpp.llama_sampler_sample(self._chain.sampler, context.native, index))
+            pointer = llama_cpp.llama_get_logits_ith(ctx, index)
+            token = int(np.ctypeslib.as_array(pointer, shape=(n_vocab,)).argmax())
+        else:
+            token = int(llama_cpp.llama_sampler_sample(self._chain.sampler, ctx, index))
+        if self._grammar is None:
+            return token
+        self._one[0].id, self._one[0].logit, self._one[0].p = token, 0.0, 0.0
+        self._one_array.size, self._one_array.selected = 1, -1
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(self._one_array))
+        if self._one[0].logit == float("-inf"):
+            token = self._resample(ctx, n_vocab, index)
+        llama_cpp.llama_sampler_accept(self._grammar, token)
+        return token
+
+    def _resample(self, ctx, n_vocab: int, index: int) -> int:
+        """The grammar over the whole vocabulary, then the chain's pick among the allowed tokens."""
+        llama_cpp = self._llama_cpp
+        self.rejections += 1
+        pointer = llama_cpp.llama_get_logits_ith(ctx, index)
+        candidates = np.zeros(n_vocab, dtype=TOKEN_DATA)
+        candidates["id"] = np.arange(n_vocab, dtype=np.int32)
+        candidates["logit"] = np.ctypeslib.as_array(pointer, shape=(n_vocab,))
+        array = llama_cpp.llama_token_data_array(
+            data=candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)), size=n_vocab,
+            selected=-1, sorted=False)
+        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        if self._chain is None:  # greedy: the first best allowed token, in id order as llama.cpp's greedy scans
+            return int(candidates["logit"].argmax())
+        llama_cpp.llama_sampler_apply(self._chain.sampler, ctypes.byref(array))
+        token = int(array.data[array.selected].id)
+        llama_cpp.llama_sampler_accept(self._chain.sampler, token)
+        return token
 
     def close(self) -> None:
-        """Free the chain."""
+        """Free the chain and the grammar."""
         if self._chain is not None:
             self._chain.close()
             self._chain = None
+        if self._grammar is not None:
+            self._llama_cpp.llama_sampler_free(self._grammar)
+            self._grammar = None
+
+
+
+class OwnContext:
+    """A ``Llama``'s own context as :meth:`SequenceSampler.sample` reads it (one sequence, ``llm.eval``)."""
+
+    def __init__(self, llm):
+        self.native = llm.ctx
+        self.n_vocab = llm.n_vocab()
+
+
+def model_start_tokens(llm) -> list[int]:
+    """The tokens the GGUF asks to start every prompt with: ``[BOS]`` when ``add_bos_token`` is true, else none."""
+    llama_cpp = load_llama_cpp()
+    vocab = llm._model.vocab  # private: llama-cpp-python exposes no public vocab handle
+    if not llama_cpp.llama_vocab_get_add_bos(vocab):
+        return []
+    bos = int(llama_cpp.llama_vocab_bos(vocab))
+    return [bos] if bos >= 0 else []

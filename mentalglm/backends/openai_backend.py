@@ -314,6 +314,25 @@ class OpenAIBackend(Backend):
                 self._server = info
             return self._server
 
+    def chat_template(self):
+        """The served model's own chat template where the server tells it (llama-server's ``GET /props``).
+
+        ``--prompt auto`` then renders each post here with the template of the GGUF the server loaded,
+        and the request stays a constrained completion, canaried and checked as any other. vLLM and
+        plain OpenAI-compatible servers expose no template: None, and ``auto`` is refused for them.
+        """
+        from mentalglm.core.prompt import ChatTemplate
+
+        info = self._connect()
+        if info.engine != "llama.cpp server":
+            return None
+        props = self._probe(f"{dialects.server_root(self.base_urls[0])}/props")
+        text = props.get("chat_template") if isinstance(props, dict) else None
+        if not text:
+            return None
+        return ChatTemplate(text=text, source=f"the model {self.base_urls[0]} serves",
+                            bos_token=str(props.get("bos_token") or ""), eos_token=str(props.get("eos_token") or ""))
+
     def offline(self) -> ServerInfo:
         """Write requests for no server in particular (batch files): the dialect is the ``server`` option.
 

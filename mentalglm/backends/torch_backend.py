@@ -523,14 +523,39 @@ class TorchBackend(Backend):
         size = getattr(embeddings, "out_features", None) or getattr(self._config, "vocab_size", None)
         return max(int(size or 0), len(self.tokenizer))
 
-    def _encode(self, text: str) -> list[int]:
-        # Prompts are rendered in full (GLM-4's [gMASK]<sop> included): add nothing.
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+    def _encode(self, text: str, *, prompt: bool = False) -> list[int]:
+        """Token ids of ``text``; a ``prompt`` starts with the model's BOS once (when its tokenizer adds one)."""
+        ids = self.tokenizer(text, add_special_tokens=False).input_ids
+        if prompt and self._bos is not None and ids[:1] != [self._bos]:
+            ids = [self._bos] + ids
+        return ids
+
+    @property
+    def _bos(self) -> int | None:
+        # The BOS the tokenizer puts before a text by itself (Gemma, Llama); GLM-4 prompts carry
+        # [gMASK]<sop> as text and its tokenizers name no BOS token: nothing is added there.
+        if not hasattr(self, "_bos_id"):
+            bos = self.tokenizer.bos_token_id
+            probe = self.tokenizer("a", add_special_tokens=True).input_ids
+            self._bos_id = bos if bos is not None and probe[:1] == [bos] else None
+        return self._bos_id
+
+    def chat_template(self):
+        """The tokenizer's chat template (``tokenizer_config.json`` / ``chat_template.jinja``); None without one."""
+        from mentalglm.core.prompt import ChatTemplate
+
+        text = getattr(self.tokenizer, "chat_template", None)
+        if isinstance(text, dict):  # several named templates: the default one
+            text = text.get("default")
+        if not text:
+            return None
+        return ChatTemplate(text=text, source=str(self.model or "the model"),
+                            bos_token=self.tokenizer.bos_token or "", eos_token=self.tokenizer.eos_token or "")
 
     # -- contract -------------------------------------------------------------------------
     def token_count(self, text: str) -> int:
-        """Tokens in ``text`` (special tokens written in the text count as one each)."""
-        return len(self._encode(text))
+        """Tokens of prompt ``text`` (special tokens written in the text count as one each; BOS as the model asks)."""
+        return len(self._encode(text, prompt=True))
 
     @property
     def context_length(self) -> int | None:
@@ -568,7 +593,7 @@ class TorchBackend(Backend):
         self._live()
         if self.options.temperature > 0:
             torch.manual_seed(self.options.seed)  # per call: the same call gives the same samples
-        encoded = [self._encode(r.prompt) for r in requests]
+        encoded = [self._encode(r.prompt, prompt=True) for r in requests]
         context = self.context_length
         groups: dict[tuple, list[int]] = {}
         results: list[Completion | None] = [None] * len(requests)
@@ -662,7 +687,7 @@ class TorchBackend(Backend):
         network = self._live()
         if not candidates:
             return []
-        prompt_ids = self._encode(prompt)
+        prompt_ids = self._encode(prompt, prompt=True)
         if not prompt_ids:
             raise MentalGLMError("score_labels needs a non-empty prompt (the first token has no context)")
         options = [self._encode(c) for c in candidates]

@@ -85,7 +85,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="llamacpp",
                         help="backend name (see `mentalglm backends`); default llamacpp")
     parser.add_argument("--model", help="what the backend loads: GGUF file, model directory, saved outputs…")
-    parser.add_argument("--prompt", default="glm4-chat", help="prompt style (glm4-chat or plain); default glm4-chat")
+    parser.add_argument("--prompt", default="glm4-chat",
+                        help="prompt style: glm4-chat (default), plain (base models), auto (the model's own chat "
+                             "template), or one a plugin adds")
     parser.add_argument("--system", help="system message for chat prompt styles")
     parser.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
                         help="backend option, repeatable (see `mentalglm backends`)")

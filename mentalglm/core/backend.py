@@ -199,6 +199,14 @@ class Backend(ABC):
         """The context window the model runs with, or None if unknown."""
         return None
 
+    def chat_template(self):
+        """The model's own chat template (a :class:`~mentalglm.core.prompt.ChatTemplate`), or None without one.
+
+        ``--prompt auto`` renders posts with it; a backend that cannot read one returns None and
+        ``auto`` is refused for it.
+        """
+        return None
+
     def close(self) -> None:
         """Release the model and any native memory; the backend is unusable afterwards."""
 

@@ -74,3 +74,129 @@ PLAIN = PromptStyle(
     description="Instruction and post as plain text, for base (non-chat) models",
     template="{content}\n",
 )
+
+
+# -- the model's own chat template (--prompt auto) -------------------------------------------------
+#: Stand-ins rendered through a chat template and then replaced: the template may wrap or trim the
+#: content, never rewrite text it cannot see.
+_CONTENT, _SYSTEM = "\x00mentalglm-content\x00", "\x00mentalglm-system\x00"
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A model's own chat template: Jinja2 text as transformers reads it, and the special tokens it may name.
+
+    Args:
+        text: the template (GGUF ``tokenizer.chat_template``; HF ``tokenizer_config.json`` /
+            ``chat_template.jinja``).
+        source: where it was read, for messages (``model.gguf``, a model folder).
+        bos_token, eos_token: the strings ``{{ bos_token }}`` and ``{{ eos_token }}`` render to.
+    """
+
+    text: str
+    source: str
+    bos_token: str = ""
+    eos_token: str = ""
+
+
+class ChatTemplateError(ValueError):
+    """A chat template failed to render (a syntax error, or the template's own ``raise_exception``)."""
+
+
+def render_chat_template(template: ChatTemplate, messages: list[dict], *, add_generation_prompt: bool = True) -> str:
+    """Render ``messages`` through ``template`` as transformers' ``apply_chat_template`` renders them.
+
+    The same Jinja2 environment: sandboxed (a template cannot reach Python objects),
+    ``trim_blocks`` and ``lstrip_blocks``, loop controls, the ``raise_exception`` and
+    ``strftime_now`` globals and a ``tojson`` that keeps non-ASCII text.
+
+    Raises:
+        ChatTemplateError: the template does not compile or refuses the messages.
+    """
+    import jinja2
+
+    try:
+        compiled = _compiled(template.text)
+        return compiled.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                               bos_token=template.bos_token, eos_token=template.eos_token)
+    except jinja2.TemplateError as exc:
+        raise ChatTemplateError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+def _compiled(text: str):
+    found = _TEMPLATES.get(text)
+    if found is None:
+        import json
+        from datetime import datetime
+
+        import jinja2
+        from jinja2.ext import loopcontrols
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise jinja2.TemplateError(message)
+
+        def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+            return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                              sort_keys=sort_keys)
+
+        environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+        environment.filters["tojson"] = tojson
+        environment.globals["raise_exception"] = raise_exception
+        environment.globals["strftime_now"] = lambda format: datetime.now().strftime(format)
+        found = _TEMPLATES[text] = environment.from_string(text)
+    return found
+
+
+_TEMPLATES: dict = {}
+
+
+@dataclass(frozen=True)
+class ChatTemplatePrompt(PromptStyle):
+    """``--prompt auto`` resolved: the model's own chat template renders every post.
+
+    The user turn (instruction and post) is the one user message, ``--system`` the system
+    message, and the generation prompt is added. ``template`` holds the rendering of a stand-in
+    user turn (what ``mentalglm plugins`` and the run record's prompt digest see).
+    """
+
+    chat: ChatTemplate | None = None
+
+    @classmethod
+    def from_chat_template(cls, chat: ChatTemplate) -> "ChatTemplatePrompt":
+        """The prompt style of ``chat``, checked by rendering it once with and without a system message.
+
+        Raises:
+            ChatTemplateError: it does not render.
+        """
+        bare = render_chat_template(chat, [{"role": "user", "content": _CONTENT}])
+        if _CONTENT not in bare:
+            raise ChatTemplateError("the rendered template does not contain the user's message")
+        try:
+            with_system = render_chat_template(chat, [{"role": "system", "content": _SYSTEM},
+                                                      {"role": "user", "content": _CONTENT}])
+        except ChatTemplateError:  # e.g. Gemma's: no system turn; a --system is refused when rendered
+            with_system = ""
+        return cls(name="auto", description=f"the chat template of {chat.source}",
+                   template=bare.replace(_CONTENT, "{content}"),
+                   system_template="{system}" if _SYSTEM in with_system else "",
+                   stop=(chat.eos_token,) if chat.eos_token else (), chat=chat)
+
+    def render(self, instruction: str, post: str, system: str | None = None) -> str:
+        """The exact model input: the chat template rendered for this post (and system message).
+
+        Raises:
+            ChatTemplateError: the template refuses the messages (a system turn it does not have).
+        """
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": self.content(instruction, post)}]
+        return render_chat_template(self.chat, messages)
+
+
+#: ``--prompt auto``: a placeholder the Analyzer replaces by the loaded model's own chat template.
+AUTO = PromptStyle(
+    name="auto",
+    description="the model's own chat template (GGUF tokenizer.chat_template or the HF tokenizer's), rendered "
+                "as transformers renders it; refused for a model without one",
+    template="{content}",
+)

@@ -1,13 +1,14 @@
-"""Built-in prompt styles: ``glm4-chat`` (MentalGLM-chat) and ``plain`` (base models)."""
+"""Built-in prompt styles: ``glm4-chat`` (MentalGLM-chat), ``plain`` (base models), ``auto`` (the model's template)."""
 
 from __future__ import annotations
 
 from mentalglm.core.hookspecs import hookimpl
-from mentalglm.core.prompt import GLM4_CHAT, PLAIN
+from mentalglm.core.prompt import AUTO, GLM4_CHAT, PLAIN
 
 
 @hookimpl
 def register_prompts(register):
-    """Register the GLM-4 chat template and the plain style."""
+    """Register the GLM-4 chat template, the plain style and ``auto``."""
     register(GLM4_CHAT)
     register(PLAIN)
+    register(AUTO)

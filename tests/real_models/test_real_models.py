@@ -1,0 +1,197 @@
+"""Real pretrained weights and llama.cpp's own ``llama-server`` (``.ci/real-models.sh`` sets them up).
+
+``MENTALGLM_REAL_MODELS`` names the folder holding ``gemma-3-270m-q4_k_m.gguf`` and
+``SmolLM2-135M-Instruct.Q4_1.gguf``; ``MENTALGLM_LLAMA_SERVER`` the ``llama-server`` binary. Without them
+the tests skip; with them a skip is a failure: the stage that set the engine up must not pass on nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import free_port, wait_until_serving
+
+REAL_MODELS = os.environ.get("MENTALGLM_REAL_MODELS", "")
+LLAMA_SERVER = os.environ.get("MENTALGLM_LLAMA_SERVER", "")
+GEMMA = "gemma-3-270m-q4_k_m.gguf"
+SMOLLM2 = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="session")
+def real_model():
+    """``real_model(name)`` → the path of one of the real GGUF files."""
+    if not REAL_MODELS:
+        pytest.skip("set MENTALGLM_REAL_MODELS (and MENTALGLM_LLAMA_SERVER); .ci/real-models.sh does")
+    pytest.importorskip("llama_cpp", reason="the real-model tests need the llamacpp extra")
+
+    def get(name: str) -> Path:
+        path = Path(REAL_MODELS) / name
+        assert path.is_file(), f"{path} is missing; .ci/real-models.sh unpacks it"
+        return path
+
+    return get
+
+
+def post_json(url: str, body: dict, timeout: float = 120) -> dict:
+    """POST ``body`` to a loopback server and read its JSON answer (no proxy)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    request = urllib.request.Request(url, json.dumps(body, ensure_ascii=False).encode("utf-8"),
+                                     {"Content-Type": "application/json"})
+    with opener.open(request, timeout=timeout) as response:
+        return json.loads(response.read().decode("utf-8"))
+
+
+@pytest.fixture(scope="module")
+def llama_server(real_model, tmp_path_factory):
+    """``llama_server(name, parallel=1)`` → the base URL of a ``llama-server`` on loopback serving that GGUF.
+
+    One server per (model, slots) for the module, all stopped afterwards. ``--no-repack``: llama.cpp's
+    AMX kernels die with SIGILL on some virtual CPUs that advertise AMX (the in-process backend keeps
+    repacked buffers off likewise); two threads, as the in-process backend uses on these machines.
+    """
+    if not LLAMA_SERVER:
+        pytest.skip("set MENTALGLM_LLAMA_SERVER to a llama-server binary; .ci/real-models.sh builds one")
+    servers: dict = {}
+    logs = tmp_path_factory.mktemp("llama-server")
+
+    def get(name: str, parallel: int = 1, n_ctx: int = 1024) -> str:
+        key = (name, parallel, n_ctx)
+        if key not in servers:
+            port = free_port()
+            log_path = logs / f"{port}.log"
+            with open(log_path, "wb") as log_file:
+                process = subprocess.Popen(
+                    [LLAMA_SERVER, "-m", str(real_model(name)), "--host", "127.0.0.1", "--port", str(port),
+                     "-np", str(parallel), "-c", str(n_ctx * parallel), "-t", "2", "--no-repack", "--no-webui"],
+                    stdout=log_file, stderr=subprocess.STDOUT)
+            base = f"http://127.0.0.1:{port}"
+            servers[key] = (process, base)
+            wait_until_serving(process, base, log_path, "llama-server", timeout=120, poll=0.25, probe="/health")
+        return servers[key][1]
+
+    try:
+        yield get
+    finally:
+        for process, _ in servers.values():
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+
+
+pytestmark = pytest.mark.realmodels
+
+POSTS = ["我不想活了，每天都觉得自己是个累赘。", "最近工作很忙，但周末和朋友去爬山了，挺开心的。",
+         "一个人的时候总是在哭，什么都不想做。"]
+
+
+def _prompts(task, style):
+    from mentalglm.core.prediction import Post
+
+    return [style.render(task.instruction, Post(id=str(i), text=text).text) for i, text in enumerate(POSTS)]
+
+
+@pytest.fixture(scope="module")
+def task():
+    from mentalglm.core.plugin_manager import get_plugin_manager
+
+    return get_plugin_manager().task("suicide-risk")
+
+
+# -- tokens as the model wants them ---------------------------------------------------------------
+@pytest.mark.parametrize("name, bos", [(GEMMA, 2), (SMOLLM2, None)], ids=["gemma", "smollm2"])
+def test_prompt_tokens_equal_llama_servers_with_bos_once_where_asked(real_model, llama_server, task, name, bos):
+    from mentalglm.backends.llamacpp_backend import LlamaCppBackend
+    from mentalglm.core.prompt import PLAIN
+
+    base = llama_server(name)
+    with LlamaCppBackend(str(real_model(name)), {"parallel": 1, "n_ctx": 1024}) as backend:
+        for text in _prompts(task, PLAIN):
+            ours = backend._tokenize(text)
+            theirs = post_json(f"{base}/tokenize", {"content": text, "add_special": True})["tokens"]
+            assert ours == theirs
+            if bos is not None:
+                assert ours[0] == bos and ours[1] != bos
+            # BOS already in the text: not a second time (llama-server would add one and warn)
+            if bos is not None:
+                assert backend._tokenize("<bos>" + text) == ours
+
+
+# -- the model's own chat template ----------------------------------------------------------------
+@pytest.mark.parametrize("system", [None, "你是一名心理咨询师。"], ids=["no-system", "system"])
+def test_auto_renders_smollm2_as_llama_server_does(real_model, llama_server, task, system):
+    from mentalglm import Analyzer
+
+    base = llama_server(SMOLLM2)
+    with Analyzer(task=task, backend="llamacpp", model=str(real_model(SMOLLM2)), prompt="auto", system=system,
+                  options={"parallel": 1, "n_ctx": 1024}) as analyzer:
+        for text in POSTS:
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": f"{task.instruction}\n{text}"}]
+            expected = post_json(f"{base}/apply-template", {"messages": messages})["prompt"]
+            assert analyzer.prompt.render(task.instruction, text, system) == expected
+
+
+def test_auto_refuses_a_base_model_without_a_template(real_model, task):
+    from mentalglm import Analyzer, MentalGLMError
+
+    with pytest.raises(MentalGLMError, match=rf"{GEMMA}: the model has no chat template.*--prompt plain"):
+        Analyzer(task=task, backend="llamacpp", model=str(real_model(GEMMA)), prompt="auto",
+                 options={"parallel": 1, "n_ctx": 1024})
+
+
+# -- constrained answers, in process and through the server --------------------------------------
+@pytest.mark.parametrize("name, prompt", [(GEMMA, "plain"), (SMOLLM2, "auto")], ids=["gemma-262k", "smollm2-49k"])
+def test_constrained_answers_are_valid_on_real_vocabularies(real_model, task, name, prompt):
+    from mentalglm import Analyzer, Post
+
+    with Analyzer(task=task, backend="llamacpp", model=str(real_model(name)), prompt=prompt,
+                  options={"parallel": 3, "n_ctx": 1024, "max_new_tokens": 48}) as analyzer:
+        predictions = list(analyzer.analyze_many([Post(id=str(i), text=t) for i, t in enumerate(POSTS)]))
+    assert all(p.valid and p.label_line for p in predictions), [p.output for p in predictions]
+    assert all(p.output.startswith("标签：") for p in predictions)
+
+
+def test_in_process_greedy_answers_equal_llama_servers(real_model, llama_server, task):
+    """Same GGUF, same prompt, greedy, no constraint: the same tokens as llama.cpp's own server."""
+    from mentalglm.backends.llamacpp_backend import LlamaCppBackend
+    from mentalglm.core.backend import GenerationRequest
+    from mentalglm.core.prompt import PLAIN
+
+    base = llama_server(GEMMA)
+    prompts = _prompts(task, PLAIN)
+    with LlamaCppBackend(str(real_model(GEMMA)), {"parallel": 1, "n_ctx": 1024, "max_new_tokens": 24,
+                                                  "constrained": False}) as backend:
+        ours = backend.generate([GenerationRequest(id=str(i), prompt=p) for i, p in enumerate(prompts)])
+        for prompt, completion in zip(prompts, ours):
+            theirs = post_json(f"{base}/completion", {"prompt": prompt, "n_predict": 24, "temperature": 0,
+                                                      "cache_prompt": False, "return_tokens": True})
+            assert completion.text == theirs["content"]
+            assert completion.usage["completion_tokens"] == len(theirs["tokens"])
+
+
+def test_openai_backend_speaks_to_the_real_llama_server(real_model, llama_server, task):
+    """The llama.cpp dialect against llama-server itself: detected, constrained (grammar), canaried, checked —
+    and greedy answers equal to the in-process backend's on the same GGUF."""
+    from mentalglm import Analyzer, Post
+
+    base = llama_server(SMOLLM2)
+    posts = [Post(id=str(i), text=t) for i, t in enumerate(POSTS)]
+    with Analyzer(task=task, backend="openai", model="smollm2", prompt="auto",
+                  options={"base_url": f"{base}/v1", "max_new_tokens": 32, "concurrency": 1}) as served:
+        # --prompt auto asked the server for its GGUF's template (GET /props)
+        assert served.backend.server_info["engine"] == "llama.cpp server"
+        remote = list(served.analyze_many(posts))
+    with Analyzer(task=task, backend="llamacpp", model=str(real_model(SMOLLM2)), prompt="auto",
+                  options={"parallel": 1, "n_ctx": 1024, "max_new_tokens": 32}) as local:
+        here = list(local.analyze_many(posts))
+    assert all(p.valid for p in remote)
+    assert [p.output for p in remote] == [p.output for p in here]
