@@ -108,13 +108,41 @@ def alternate(workloads, rounds: int):
     return seconds, results
 
 
-def server_launcher():
-    """The tests' one ``python -m llama_cpp.server`` launcher (``tests/conftest.py``), loaded by path so the
-    benchmarks start servers exactly as the tests do, without a second copy of it."""
+def _tests_conftest():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("mentalglm_tests_conftest",
                                                   Path(__file__).resolve().parents[1] / "tests" / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.llama_server_process
+    return module
+
+
+def server_launcher():
+    """The tests' one ``python -m llama_cpp.server`` launcher (``tests/conftest.py``), loaded by path so the
+    benchmarks start servers exactly as the tests do, without a second copy of it."""
+    return _tests_conftest().llama_server_process
+
+
+def llama_cpp_server_launcher():
+    """The tests' one launcher of llama.cpp's own ``llama-server`` (``tests/conftest.py``), loaded likewise."""
+    return _tests_conftest().llama_cpp_server_process
+
+
+def build_real_vocab_glm(root: Path, tiktoken_path: Path, **shape) -> Path:
+    """A GLM (random weights) over a real 151,643-rank BPE vocabulary plus the GLM-4 special tokens.
+
+    ``qwen.tiktoken`` (the dashscope wheel) has the file format of GLM-4's ``tokenizer.model``, and
+    MentalGLM's vocabulary is 151,552 tokens: what a decode step costs at the output layer, and what
+    a grammar pass over the vocabulary costs, is what the real model's would.
+    """
+    from mentalglm.converters.tiktoken_bpe import glm4_tokenizer, read_tiktoken, write_hf_tokenizer
+    from mentalglm.demo.tiny import build_tiny_glm
+    from mentalglm.modelfiles.tokens import GLM4_SPECIAL_TOKENS
+
+    ranks = read_tiktoken(tiktoken_path)
+    first = max(ranks.values()) + 1
+    specials = {first + i: text for i, text in enumerate(GLM4_SPECIAL_TOKENS)}
+    tokenizer_dir = write_hf_tokenizer(glm4_tokenizer(ranks, specials), root / "tokenizer-151k",
+                                       special_tokens=specials)
+    return build_tiny_glm(root / "glm-151k", arch="glm", seed=0, tokenizer_dir=tokenizer_dir, **shape)

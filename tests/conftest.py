@@ -177,6 +177,16 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+def stop_process(process) -> None:
+    """Terminate a server a fixture started (kill it if it does not stop within 10 s) and reap it."""
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+
+
 @contextlib.contextmanager
 def llama_server_process(model_path, log_dir, *, n_threads: int = 2, n_ctx: int = 512, timeout: float = 60):
     """``(base_url, process)`` of a ``python -m llama_cpp.server`` on loopback serving ``model_path``, stopped
@@ -197,12 +207,32 @@ def llama_server_process(model_path, log_dir, *, n_threads: int = 2, n_ctx: int 
         wait_until_serving(process, base_url, log_path, "llama_cpp.server", timeout=timeout, poll=0.2)
         yield base_url, process
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_process(process)
+
+
+@contextlib.contextmanager
+def llama_cpp_server_process(binary, model_path, log_dir, *, parallel: int = 1, n_ctx: int = 1024,
+                             n_threads: int = 2, timeout: float = 120):
+    """``(base_url, process)`` of llama.cpp's own ``llama-server`` (the C++ one) on loopback serving ``model_path``
+    with ``parallel`` slots of ``n_ctx`` tokens each, stopped afterwards; its log goes to ``log_dir``. The one
+    launcher of it: the real-model tests and the real-vocabulary benchmark start it here.
+
+    ``--no-repack``: llama.cpp's AMX kernels die with SIGILL on virtual CPUs that advertise AMX (the in-process
+    backend keeps repacked buffers off likewise).
+    """
+    port = free_port()
+    log_path = Path(log_dir) / f"llama-server-{port}.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [str(binary), "-m", str(model_path), "--host", "127.0.0.1", "--port", str(port), "-np", str(parallel),
+             "-c", str(n_ctx * parallel), "-t", str(n_threads), "--no-repack", "--no-webui"],
+            stdout=log_file, stderr=subprocess.STDOUT)
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(process, base_url, log_path, "llama-server", timeout=timeout, poll=0.25, probe="/health")
+        yield base_url, process
+    finally:
+        stop_process(process)
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,15 @@ the tests skip; with them a skip is a failure: the stage that set the engine up 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import subprocess
 import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import free_port, wait_until_serving
+from conftest import llama_cpp_server_process
 
 REAL_MODELS = os.environ.get("MENTALGLM_REAL_MODELS", "")
 LLAMA_SERVER = os.environ.get("MENTALGLM_LLAMA_SERVER", "")
@@ -51,40 +51,22 @@ def post_json(url: str, body: dict, timeout: float = 120) -> dict:
 def llama_server(real_model, tmp_path_factory):
     """``llama_server(name, parallel=1)`` → the base URL of a ``llama-server`` on loopback serving that GGUF.
 
-    One server per (model, slots) for the module, all stopped afterwards. ``--no-repack``: llama.cpp's
-    AMX kernels die with SIGILL on some virtual CPUs that advertise AMX (the in-process backend keeps
-    repacked buffers off likewise); two threads, as the in-process backend uses on these machines.
+    One server per (model, slots) for the module, all stopped afterwards; two threads, as the in-process
+    backend uses on these machines.
     """
     if not LLAMA_SERVER:
         pytest.skip("set MENTALGLM_LLAMA_SERVER to a llama-server binary; .ci/real-models.sh builds one")
     servers: dict = {}
     logs = tmp_path_factory.mktemp("llama-server")
+    with contextlib.ExitStack() as stack:
+        def get(name: str, parallel: int = 1) -> str:
+            if (name, parallel) not in servers:
+                base_url, _ = stack.enter_context(llama_cpp_server_process(LLAMA_SERVER, real_model(name), logs,
+                                                                           parallel=parallel))
+                servers[name, parallel] = base_url
+            return servers[name, parallel]
 
-    def get(name: str, parallel: int = 1, n_ctx: int = 1024) -> str:
-        key = (name, parallel, n_ctx)
-        if key not in servers:
-            port = free_port()
-            log_path = logs / f"{port}.log"
-            with open(log_path, "wb") as log_file:
-                process = subprocess.Popen(
-                    [LLAMA_SERVER, "-m", str(real_model(name)), "--host", "127.0.0.1", "--port", str(port),
-                     "-np", str(parallel), "-c", str(n_ctx * parallel), "-t", "2", "--no-repack", "--no-webui"],
-                    stdout=log_file, stderr=subprocess.STDOUT)
-            base = f"http://127.0.0.1:{port}"
-            servers[key] = (process, base)
-            wait_until_serving(process, base, log_path, "llama-server", timeout=120, poll=0.25, probe="/health")
-        return servers[key][1]
-
-    try:
         yield get
-    finally:
-        for process, _ in servers.values():
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
 
 
 pytestmark = pytest.mark.realmodels

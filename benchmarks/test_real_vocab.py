@@ -1,0 +1,141 @@
+"""Constraints and llama.cpp's own server on real vocabularies, side by side in one run.
+
+Needs what ``.ci/real-models.sh`` sets up: ``MENTALGLM_REAL_MODELS`` (Gemma 3 270M q4_k_m, 262,144 tokens;
+``qwen.tiktoken``, 151,643 ranks) and ``MENTALGLM_LLAMA_SERVER`` (llama.cpp's ``llama-server``); skips without
+them. Two models:
+
+- **gemma-262k**: Gemma 3 270M q4_k_m as shipped (a real model, ``--prompt plain``: it has no template);
+- **glm-151k**: a GLM of random weights over the real 151k BPE vocabulary with the GLM-4 special tokens
+  (MentalGLM's own vocabulary has 151,552 tokens), q8_0 for llama.cpp, float32 for torch.
+
+For each, the same posts (``sample:depression``, suicide-risk task) and budget (32 new tokens), in alternating
+rounds (medians): llama.cpp in process ``parallel=8`` constrained and unconstrained, ``llama-server -np 8``
+constrained through the ``openai`` backend (HTTP included, ``concurrency=8``), and for glm-151k the torch
+backend constrained and unconstrained (batch 8). Reported: posts/s, in-process ÷ server, constrained ÷
+unconstrained time. Targets (BENCHMARKS.md): in process ≥ 1.2× the server; constrained ≤ 1.2× unconstrained.
+
+    MENTALGLM_REAL_MODELS=… MENTALGLM_LLAMA_SERVER=… pytest benchmarks/test_real_vocab.py --benchmark-only \
+        --benchmark-json benchmarks/results/real_vocab.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench_models import SCALE, alternate, build_real_vocab_glm, depression_posts, llama_cpp_server_launcher
+
+REAL_MODELS = os.environ.get("MENTALGLM_REAL_MODELS", "")
+LLAMA_SERVER = os.environ.get("MENTALGLM_LLAMA_SERVER", "")
+pytestmark = pytest.mark.skipif(not (REAL_MODELS and LLAMA_SERVER),
+                                reason="set MENTALGLM_REAL_MODELS and MENTALGLM_LLAMA_SERVER (.ci/real-models.sh)")
+
+FULL = SCALE == "full"
+ROUNDS = int(os.environ.get("MENTALGLM_BENCH_ROUNDS") or (3 if FULL else 1))
+N_POSTS = 16 if FULL else 4
+MAX_NEW_TOKENS = 32 if FULL else 8
+PARALLEL = 8
+#: glm-151k's layers: small, so the vocabulary's share of each step is at least the real model's.
+GLM_SHAPE = dict(hidden_size=512, num_layers=4, num_heads=8, num_kv_heads=2, intermediate_size=1024) if FULL else \
+    dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
+
+
+def _measure(benchmark, analyzers: dict, posts, pairs: dict) -> dict:
+    measured: dict = {}
+    for analyzer in analyzers.values():  # warm-up and the server's canary, outside the clock
+        analyzer.backend.preflight(["x"], response_format=analyzer.response_format)
+        list(analyzer.analyze_many(posts[:1]))
+
+    def run():
+        workloads = {label: (lambda a=a: list(a.analyze_many(posts))) for label, a in analyzers.items()}
+        seconds, outputs = alternate(workloads, ROUNDS)
+        measured.update(seconds=seconds, outputs=outputs)
+
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    medians = {label: statistics.median(times) for label, times in measured["seconds"].items()}
+    document = {
+        "posts": len(posts), "rounds": ROUNDS, "max_new_tokens": MAX_NEW_TOKENS, "parallel": PARALLEL,
+        "seconds": measured["seconds"], "posts_per_second": {k: len(posts) / v for k, v in medians.items()},
+        "valid": {label: sum(p.valid for p in out) / len(out) for label, out in measured["outputs"].items()},
+        "ratios": {name: medians[b] / medians[a] for name, (a, b) in pairs.items()},
+    }
+    benchmark.extra_info.update(document)
+    print(json.dumps(document, ensure_ascii=False, indent=1), file=sys.stderr)
+    return document
+
+
+def _llamacpp(model: Path, prompt: str, constrained: bool, threads: int):
+    from mentalglm import Analyzer
+
+    return Analyzer(task="suicide-risk", backend="llamacpp", model=str(model), prompt=prompt, redact=False,
+                    batch_size=N_POSTS, options={"parallel": PARALLEL, "n_ctx": 1024, "n_threads": threads,
+                                                "max_new_tokens": MAX_NEW_TOKENS, "constrained": constrained})
+
+
+def _served(base: str, prompt: str):
+    from mentalglm import Analyzer
+
+    return Analyzer(task="suicide-risk", backend="openai", model="m", prompt=prompt, redact=False,
+                    batch_size=N_POSTS, options={"base_url": f"{base}/v1", "max_new_tokens": MAX_NEW_TOKENS,
+                                                 "concurrency": PARALLEL})
+
+
+@pytest.fixture(scope="module")
+def threads():
+    from mentalglm.core.threads import default_threads
+
+    return int(os.environ.get("MENTALGLM_BENCH_THREADS") or default_threads())
+
+
+def _run(benchmark, model: Path, log_dir: Path, threads: int, analyzers_for, pairs: dict) -> dict:
+    """Start ``llama-server -np 8`` on ``model``, build the analyzers (given its URL), measure them, close all."""
+    posts = depression_posts(N_POSTS)
+    with llama_cpp_server_launcher()(LLAMA_SERVER, model, log_dir, parallel=PARALLEL, n_threads=threads) as (base, _):
+        analyzers = analyzers_for(base)
+        try:
+            return _measure(benchmark, analyzers, posts, pairs)
+        finally:
+            for analyzer in analyzers.values():
+                analyzer.close()
+
+
+def test_gemma_262k_in_process_vs_llama_server(benchmark, threads, tmp_path):
+    model = Path(REAL_MODELS) / "gemma-3-270m-q4_k_m.gguf"
+    document = _run(benchmark, model, tmp_path, threads, lambda base: {
+        "in-process constrained": _llamacpp(model, "plain", True, threads),
+        "in-process unconstrained": _llamacpp(model, "plain", False, threads),
+        "llama-server constrained": _served(base, "plain")}, {
+        "in-process ÷ server (posts/s)": ("in-process constrained", "llama-server constrained"),
+        "constrained ÷ unconstrained (time)": ("in-process unconstrained", "in-process constrained")})
+    assert document["valid"]["in-process constrained"] == 1.0
+    assert document["valid"]["llama-server constrained"] == 1.0
+
+
+def test_glm_151k_llamacpp_server_and_torch(benchmark, threads, tmp_path_factory, torch_threads):
+    pytest.importorskip("torch", reason="the torch half needs the torch extra")
+    from mentalglm import Analyzer
+    from mentalglm.converters.gguf_export import export_gguf
+
+    root = tmp_path_factory.mktemp("glm-151k")
+    model_dir = build_real_vocab_glm(root, Path(REAL_MODELS) / "qwen.tiktoken", **GLM_SHAPE)
+    gguf = export_gguf(model_dir, root / "glm-151k-q8_0.gguf", outtype="q8_0").path
+
+    def torch_analyzer(constrained):
+        return Analyzer(task="suicide-risk", backend="torch", model=str(model_dir), redact=False, batch_size=PARALLEL,
+                        options={"max_new_tokens": MAX_NEW_TOKENS, "constrained": constrained, "dtype": "float32"})
+
+    document = _run(benchmark, gguf, root, threads, lambda base: {
+        "in-process constrained": _llamacpp(gguf, "glm4-chat", True, threads),
+        "in-process unconstrained": _llamacpp(gguf, "glm4-chat", False, threads),
+        "llama-server constrained": _served(base, "glm4-chat"),
+        "torch constrained": torch_analyzer(True), "torch unconstrained": torch_analyzer(False)}, {
+        "in-process ÷ server (posts/s)": ("in-process constrained", "llama-server constrained"),
+        "constrained ÷ unconstrained (time)": ("in-process unconstrained", "in-process constrained"),
+        "torch constrained ÷ unconstrained (time)": ("torch unconstrained", "torch constrained")})
+    assert document["valid"]["in-process constrained"] == 1.0
+    assert document["valid"]["torch constrained"] == 1.0
