@@ -37,6 +37,38 @@ def test_grammar_makes_every_answer_valid(backend, task):
         assert prediction.valid, (prediction.problem, prediction.output)
 
 
+@pytest.mark.parametrize("parallel", [1, 4])
+def test_greedy_shortlists_give_the_answers_of_a_whole_vocabulary_grammar_pass(exported, monkeypatch, parallel):
+    """Sample-then-check with shortlists is exact for greedy decoding: the same answers as offering every
+    token to the grammar at each rejected step — and the random tiny model is rejected often."""
+    from mentalglm.backends import llamacpp_native
+    from mentalglm.backends.llamacpp_backend import LlamaCppBackend
+
+    seen = {"rejections": 0, "full_passes": 0}
+    close = llamacpp_native.SequenceSampler.close
+
+    def counting_close(sampler):
+        seen["rejections"] += sampler.rejections
+        seen["full_passes"] += sampler.full_passes
+        close(sampler)
+
+    monkeypatch.setattr(llamacpp_native.SequenceSampler, "close", counting_close)
+    posts = _posts("cognitive-distortion", 6)
+    answers, counts = {}, {}
+    for shortlists in ((16, 256), ()):  # about a thousand tokens: 16, then 256, then all of them
+        seen.update(rejections=0, full_passes=0)
+        monkeypatch.setattr(llamacpp_native, "GREEDY_SHORTLISTS", shortlists)
+        with LlamaCppBackend(str(exported("glm", "f32")), {"n_ctx": 1024, "cache_type": "f32", "max_new_tokens": 40,
+                                                            "parallel": parallel}) as b:
+            analyzer = Analyzer(task="cognitive-distortion", backend=b)
+            answers[shortlists] = [p.output for p in analyzer.analyze_many(posts)]
+        counts[shortlists] = dict(seen)
+    assert answers[(16, 256)] == answers[()]
+    # with shortlists: many rejected tokens, most settled without a whole-vocabulary pass
+    assert counts[(16, 256)]["rejections"] > 2 * counts[(16, 256)]["full_passes"]
+    assert counts[()]["full_passes"] == counts[()]["rejections"] == counts[(16, 256)]["rejections"] > 0
+
+
 def test_without_grammar_the_tiny_model_babbles(exported):
     from mentalglm.backends.llamacpp_backend import LlamaCppBackend
 

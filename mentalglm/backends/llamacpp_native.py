@@ -278,8 +278,11 @@ class BatchContext:
         self._context.close()
 
 
-#: llama.cpp's ``llama_token_data`` (id, logit, p) as a numpy record, for whole-vocabulary candidate arrays.
+#: llama.cpp's ``llama_token_data`` (id, logit, p) as a numpy record, for candidate arrays.
 TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+#: Greedy decoding offers a rejected step's best 64, then best 4,096 tokens to the grammar before the
+#: whole vocabulary: a grammar pass over 262k tokens costs ~20 ms, over 64 well under one.
+GREEDY_SHORTLISTS = (64, 4096)
 
 
 class SequenceSampler:
@@ -287,13 +290,13 @@ class SequenceSampler:
 
     The sampler chain (greedy, or top-p and temperature with a dist sampler seeded with ``seed``,
     built as ``Llama.generate`` builds it) carries no grammar. A sampled token is offered to the
-    sequence's grammar alone (a one-token candidate array); only when the grammar rejects it does
-    the whole vocabulary go through the grammar and the chain pick again among what is left —
-    what llama.cpp's own ``common_sampler`` does. On a 262k-token vocabulary a grammar pass over
-    every token costs more than the decode step itself, and a trained model's first choice is
-    almost always allowed. Greedy answers are exactly those of grammar-first sampling (the best
-    token, if allowed, is the best allowed token); sampled ones draw from the unconstrained
-    distribution first, as llama.cpp's server does. Greedy decoding reads the argmax of the
+    sequence's grammar alone (a one-token candidate array); only when the grammar rejects it do
+    more tokens go through the grammar and the chain pick again among what is left — what
+    llama.cpp's own ``common_sampler`` does, with the whole vocabulary. On a 262k-token vocabulary
+    a grammar pass over every token costs more than the decode step itself, so greedy decoding
+    first tries the best few thousand tokens (:meth:`_resample`). Greedy answers are exactly those
+    of grammar-first sampling (the best token, if allowed, is the best allowed token); sampled ones
+    draw from the unconstrained distribution first, as llama.cpp's server does. Greedy decoding reads the argmax of the
     logits row in place (the first maximum, as llama.cpp's greedy sampler picks it).
 
     Args:
@@ -303,13 +306,14 @@ class SequenceSampler:
         grammar: a ``llama_cpp.LlamaGrammar`` or None.
 
     Attributes:
-        rejections: how many sampled tokens the grammar refused (each cost one whole-vocabulary pass).
+        rejections: how many sampled tokens the grammar refused.
+        full_passes: how many of those took a grammar pass over the whole vocabulary.
     """
 
     def __init__(self, llm, *, temperature: float, top_p: float, seed: int, grammar=None):
         llama_cpp = self._llama_cpp = load_llama_cpp()
         self._chain = self._grammar = None
-        self.rejections = 0
+        self.rejections = self.full_passes = 0
         if temperature != 0.0:
             previous = llm._seed
             llm.set_seed(seed)
@@ -352,23 +356,45 @@ class SequenceSampler:
         return token
 
     def _resample(self, ctx, n_vocab: int, index: int) -> int:
-        """The grammar over the whole vocabulary, then the chain's pick among the allowed tokens."""
-        llama_cpp = self._llama_cpp
+        """The chain's pick among the tokens the grammar allows.
+
+        Greedy first offers the grammar the best tokens (:data:`GREEDY_SHORTLISTS`): the best allowed
+        one among them is the best allowed token of the whole vocabulary, unless none is allowed or
+        it ties with the shortlist's worst (a tie outside could win on a lower id) — then the next,
+        longer list, and at last, as when sampling, the whole vocabulary goes through the grammar.
+        """
         self.rejections += 1
-        pointer = llama_cpp.llama_get_logits_ith(ctx, index)
-        candidates = np.zeros(n_vocab, dtype=TOKEN_DATA)
-        candidates["id"] = np.arange(n_vocab, dtype=np.int32)
-        candidates["logit"] = np.ctypeslib.as_array(pointer, shape=(n_vocab,))
-        array = llama_cpp.llama_token_data_array(
-            data=candidates.ctypes.data_as(ctypes.POINTER(llama_cpp.llama_token_data)), size=n_vocab,
-            selected=-1, sorted=False)
-        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        logits = np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
+        for size in GREEDY_SHORTLISTS if self._chain is None else ():
+            if size >= n_vocab:
+                break
+            shortlist = np.argpartition(logits, -size)[-size:]
+            candidates = self._through_grammar(np.sort(shortlist).astype(np.int32), logits)
+            best = int(candidates["logit"].argmax())  # first maximum: the lowest id among ties
+            if candidates["logit"][best] > max(logits[shortlist].min(), float("-inf")):
+                return int(candidates["id"][best])
+        self.full_passes += 1
+        candidates = self._through_grammar(np.arange(n_vocab, dtype=np.int32), logits)
         if self._chain is None:  # greedy: the first best allowed token, in id order as llama.cpp's greedy scans
             return int(candidates["logit"].argmax())
-        llama_cpp.llama_sampler_apply(self._chain.sampler, ctypes.byref(array))
+        array = self._array(candidates)
+        self._llama_cpp.llama_sampler_apply(self._chain.sampler, ctypes.byref(array))
         token = int(array.data[array.selected].id)
-        llama_cpp.llama_sampler_accept(self._chain.sampler, token)
+        self._llama_cpp.llama_sampler_accept(self._chain.sampler, token)
         return token
+
+    def _array(self, candidates: np.ndarray):
+        return self._llama_cpp.llama_token_data_array(
+            data=candidates.ctypes.data_as(ctypes.POINTER(self._llama_cpp.llama_token_data)), size=len(candidates),
+            selected=-1, sorted=False)
+
+    def _through_grammar(self, ids: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """Candidates ``ids`` (ascending) with their logits, those the grammar refuses set to -inf."""
+        candidates = np.empty(len(ids), dtype=TOKEN_DATA)
+        candidates["id"], candidates["logit"], candidates["p"] = ids, logits[ids], 0.0
+        array = self._array(candidates)
+        self._llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
+        return candidates
 
     def close(self) -> None:
         """Free the chain and the grammar."""
