@@ -39,8 +39,9 @@ def test_grammar_makes_every_answer_valid(backend, task):
 
 @pytest.mark.parametrize("parallel", [1, 4])
 def test_greedy_shortlists_give_the_answers_of_a_whole_vocabulary_grammar_pass(exported, monkeypatch, parallel):
-    """Sample-then-check with shortlists is exact for greedy decoding: the same answers as offering every
-    token to the grammar at each rejected step — and the random tiny model is rejected often."""
+    """Sample-then-check with shortlists (and, inside an unfinished UTF-8 character, only the tokens that can
+    continue it) is exact for greedy decoding: the same answers as offering every token to the grammar at
+    each rejected step — and the random tiny model is rejected often."""
     from mentalglm.backends import llamacpp_native
     from mentalglm.backends.llamacpp_backend import LlamaCppBackend
 
@@ -60,6 +61,8 @@ def test_greedy_shortlists_give_the_answers_of_a_whole_vocabulary_grammar_pass(e
         monkeypatch.setattr(llamacpp_native, "GREEDY_SHORTLISTS", shortlists)
         with LlamaCppBackend(str(exported("glm", "f32")), {"n_ctx": 1024, "cache_type": "f32", "max_new_tokens": 40,
                                                             "parallel": parallel}) as b:
+            if not shortlists:
+                b._continuations = None  # the reference: every refused step through the whole vocabulary
             analyzer = Analyzer(task="cognitive-distortion", backend=b)
             answers[shortlists] = [p.output for p in analyzer.analyze_many(posts)]
         counts[shortlists] = dict(seen)

@@ -18,12 +18,8 @@ from mentalglm.data.readers import read_records
 torch = pytest.importorskip("torch", reason="the torch backend tests need the torch extra")
 pytest.importorskip("transformers")
 
-from mentalglm.backends.torch_backend import (  # noqa: E402
-    ConstrainedLogitsProcessor,
-    TorchBackend,
-    token_bytes_table,
-    utf8_step,
-)
+from mentalglm.backends.grammar_utf8 import utf8_step  # noqa: E402
+from mentalglm.backends.torch_backend import ConstrainedLogitsProcessor, TorchBackend, token_bytes_table  # noqa: E402
 
 TASKS = ("depression", "suicide-risk", "cognitive-distortion", "cognitive-pathway")
 CPU = {"device": "cpu", "dtype": "float32"}

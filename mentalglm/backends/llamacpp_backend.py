@@ -26,6 +26,7 @@ from pydantic import Field
 
 from mentalglm.backends.llamacpp_batch import Continuation, Job, ParallelDecoder, PromptTooLong, log_softmax
 from mentalglm.backends.llamacpp_native import (
+    ContinuationTokens,
     TokenPieces,
     end_of_generation,
     last_logits,
@@ -194,6 +195,7 @@ class LlamaCppBackend(Backend):
         # (GLM-4 prompts carry [gMASK]<sop> as text; Gemma's answers go wrong without its <bos>).
         self._start_tokens = model_start_tokens(self.llm)
         self._pieces = TokenPieces(self.llm)
+        self._continuations = ContinuationTokens(self.llm, self._pieces)
         metadata = self.llm.metadata or {}
         self.total_layers = int(metadata.get(f"{metadata.get('general.architecture')}.block_count", 0))
         wanted = self.total_layers + 1 if n_gpu_layers < 0 else n_gpu_layers
@@ -288,7 +290,7 @@ class LlamaCppBackend(Backend):
         # Every post's chain starts from the same seed, as the one-at-a-time path reseeds per post.
         return Job(self._tokenize(request.prompt), self._continuation(request),
                    lambda: SequenceSampler(self.llm, temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed,
-                                           grammar=grammar))
+                                           grammar=grammar, continuations=self._continuations))
 
     def _complete(self, request: GenerationRequest) -> Completion:
         # Our own token loop rather than create_completion: that one drops control tokens and
@@ -304,7 +306,7 @@ class LlamaCppBackend(Backend):
         if continuation.budget > 0:
             self._evaluate(tokens)
             sampler = SequenceSampler(self.llm, temperature=opts.temperature, top_p=opts.top_p, seed=opts.seed,
-                                      grammar=self._request_grammar(request))
+                                      grammar=self._request_grammar(request), continuations=self._continuations)
             context = OwnContext(self.llm)
             try:
                 while True:

@@ -23,6 +23,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from mentalglm.backends.grammar_utf8 import utf8_step
+
 log = logging.getLogger("mentalglm.llama_cpp")
 _callback = None  # kept referenced: llama.cpp holds a raw pointer to it
 #: ggml_log_level: NONE 0, DEBUG 1, INFO 2, WARN 3, ERROR 4, CONT 5 (continues the previous line).
@@ -285,6 +287,35 @@ TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32
 GREEDY_SHORTLISTS = (64, 4096)
 
 
+class ContinuationTokens:
+    """Which tokens can come next as far as UTF-8 goes, by where the grammar's decoder stands.
+
+    Inside an unfinished character only a token whose piece starts with a continuation byte can
+    follow; between characters no such token can. End-of-generation tokens belong to both lists.
+    llama.cpp's grammar refuses every other token, whatever the rules say, so a greedy search
+    limited to the right list finds the same best allowed token. Found once per model, on first
+    need, from the pieces the grammar reads.
+    """
+
+    def __init__(self, llm, pieces: TokenPieces):
+        self._llm, self._pieces, self._lists = llm, pieces, None
+
+    def piece(self, token: int) -> bytes:
+        """The bytes the grammar reads for ``token``."""
+        return self._pieces.piece(token)
+
+    def candidates(self, inside_character: bool) -> np.ndarray:
+        """The ids (ascending) that can follow, inside an unfinished character or between characters."""
+        if self._lists is None:
+            is_end = end_of_generation(self._llm)
+            ends = np.array([is_end(t) for t in range(self._llm.n_vocab())])
+            continues = np.array([p[:1] != b"" and p[0] >> 6 == 2
+                                  for p in map(self._pieces.piece, range(self._llm.n_vocab()))])
+            self._lists = (np.flatnonzero(~continues | ends).astype(np.int32),
+                           np.flatnonzero(continues | ends).astype(np.int32))
+        return self._lists[1 if inside_character else 0]
+
+
 class SequenceSampler:
     """One sequence's own sampler: sample first, then check the one token against the grammar.
 
@@ -304,15 +335,19 @@ class SequenceSampler:
         temperature, top_p: as the backend's options.
         seed: the seed of this sequence's random state.
         grammar: a ``llama_cpp.LlamaGrammar`` or None.
+        continuations: the model's :class:`ContinuationTokens`: with it, a greedy step inside an
+            unfinished UTF-8 character searches only the tokens that can continue it.
 
     Attributes:
         rejections: how many sampled tokens the grammar refused.
         full_passes: how many of those took a grammar pass over the whole vocabulary.
     """
 
-    def __init__(self, llm, *, temperature: float, top_p: float, seed: int, grammar=None):
+    def __init__(self, llm, *, temperature: float, top_p: float, seed: int, grammar=None,
+                 continuations: ContinuationTokens | None = None):
         llama_cpp = self._llama_cpp = load_llama_cpp()
         self._chain = self._grammar = None
+        self._continuations, self._utf8 = continuations, (0, 0)
         self.rejections = self.full_passes = 0
         if temperature != 0.0:
             previous = llm._seed
@@ -353,6 +388,9 @@ class SequenceSampler:
         if self._one[0].logit == float("-inf"):
             token = self._resample(ctx, n_vocab, index)
         llama_cpp.llama_sampler_accept(self._grammar, token)
+        if self._continuations is not None:  # where the grammar's UTF-8 decoder now stands
+            step = utf8_step(self._utf8, self._continuations.piece(token))
+            self._utf8 = (0, 0) if step is None else step[:2]
         return token
 
     def _resample(self, ctx, n_vocab: int, index: int) -> int:
@@ -365,13 +403,25 @@ class SequenceSampler:
         """
         self.rejections += 1
         logits = np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
+        # UTF-8 alone rules out the continuation tokens between characters and all others inside one:
+        # the search runs over the rest, in the same order — exact, and a model's odd byte token no
+        # longer costs a grammar pass over all 150k–260k tokens.
+        pool = None if self._continuations is None else self._continuations.candidates(self._utf8[1] > 0)
         for size in GREEDY_SHORTLISTS if self._chain is None else ():
-            if size >= n_vocab:
+            if size >= (n_vocab if pool is None else len(pool)):
                 break
-            shortlist = np.argpartition(logits, -size)[-size:]
+            if pool is None:
+                shortlist = np.argpartition(logits, -size)[-size:]
+            else:
+                shortlist = pool[np.argpartition(logits[pool], -size)[-size:]]
             candidates = self._through_grammar(np.sort(shortlist).astype(np.int32), logits)
             best = int(candidates["logit"].argmax())  # first maximum: the lowest id among ties
             if candidates["logit"][best] > max(logits[shortlist].min(), float("-inf")):
+                return int(candidates["id"][best])
+        if pool is not None and self._chain is None:
+            candidates = self._through_grammar(pool, logits)
+            best = int(candidates["logit"].argmax())
+            if candidates["logit"][best] > float("-inf"):
                 return int(candidates["id"][best])
         self.full_passes += 1
         candidates = self._through_grammar(np.arange(n_vocab, dtype=np.int32), logits)

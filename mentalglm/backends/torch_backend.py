@@ -33,6 +33,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field, field_validator
 
+from mentalglm.backends.grammar_utf8 import utf8_step
 from mentalglm.core.backend import Backend, BackendOptions, Completion, GenerationRequest
 from mentalglm.core.errors import MentalGLMError, OptionsError
 from mentalglm.core.response_format import ResponseFormat
@@ -45,8 +46,6 @@ _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 _SAMPLE_CANDIDATES = 64
 #: Tokens tested per chunk when none of the best candidates is allowed.
 _SCAN_CHUNK = 4096
-#: llama.cpp's UTF-8 lead-byte table: sequence length by the high nibble (0 = continuation byte).
-_UTF8_LENGTH = (1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4)
 #: Options that decide how a model is loaded; meaningless for a model handed over loaded.
 _LOAD_OPTIONS = ("device", "dtype", "adapter", "trust_remote_code")
 
@@ -74,59 +73,6 @@ class TorchOptions(BackendOptions):
         return value
 
 
-def utf8_step(state: tuple[int, int], data: bytes) -> tuple[int, int, int] | None:
-    """Advance llama.cpp's grammar-side UTF-8 decoder over one token's bytes.
-
-    Mirrors ``decode_utf8`` and ``llama_grammar_match_partial_char`` in llama.cpp's
-    ``llama-grammar.cpp`` for a character class that excludes only NUL (every class in
-    :meth:`ResponseFormat.gbnf` does): the token is rejected where llama.cpp rejects it, and
-    accepted where it accepts it — including its leniency (continuation bytes inside one
-    token are not checked, overlong forms are caught only when a sequence is split after two
-    bytes with a value below 2).
-
-    Args:
-        state: ``(value, bytes still expected)`` of an unfinished character, ``(0, 0)`` if none.
-        data: the token's bytes.
-
-    Returns:
-        ``(value, bytes still expected, characters completed by this token)``, or None if
-        llama.cpp's grammar would reject the token (empty or NUL-led piece, an invalid
-        sequence, a NUL character).
-    """
-    if not data or data[0] == 0:
-        return None  # llama.cpp masks empty pieces and pieces starting with NUL outright
-    data = data.split(b"\0", 1)[0]  # llama.cpp reads pieces as C strings
-    value, remain = state
-    pos = completed = 0
-    while pos < len(data) and remain > 0:
-        if data[pos] >> 6 != 2:
-            return None  # a new lead byte where a continuation byte was due
-        value = (value << 6) + (data[pos] & 0x3F)
-        pos += 1
-        remain -= 1
-    if state[1] > 0 and remain == 0:
-        if value == 0:
-            return None
-        completed += 1
-    while pos < len(data):
-        remain = _UTF8_LENGTH[data[pos] >> 4] - 1
-        if remain < 0:
-            return None  # a continuation byte where a character should start
-        value = data[pos] & ((1 << (7 - remain)) - 1)
-        pos += 1
-        while pos < len(data) and remain > 0:
-            value = (value << 6) + (data[pos] & 0x3F)
-            pos += 1
-            remain -= 1
-        if remain == 0:
-            if value == 0:
-                return None  # the grammar's classes exclude NUL
-            completed += 1
-    if remain == 1 and value < 2:
-        return None  # a 7-bit character split across two bytes (overlong)
-    return value, remain, completed
-
-
 class _Row:
     """Decoding state of one sequence under the constraint."""
 
@@ -147,10 +93,12 @@ class ConstrainedLogitsProcessor:
     accepts its bytes after the bytes generated so far (:func:`utf8_step`), and either the
     answer has reached the free explanation or ``fmt.allows(generated + token)``.
     End-of-generation tokens are allowed only in the free explanation, and (as in llama.cpp)
-    not right after a token that completed no character. Candidates are tested
-    in descending score order: greedy keeps the first allowed token (what llama.cpp's greedy
-    sampler picks after its grammar), sampling keeps the allowed ones among the top
-    ``_SAMPLE_CANDIDATES`` (or the first allowed one beyond them).
+    not right after a token that completed no character. Greedy keeps the best allowed token
+    (what llama.cpp's greedy sampler picks after its grammar; ties go to the lower id), sampling
+    the allowed ones among the top ``_SAMPLE_CANDIDATES`` (or the best allowed one beyond them).
+    Before the free text the allowed tokens are found all at once (:meth:`_format_allowed`); in
+    it, candidates are tested in descending score order, greedy ranking only the tokens UTF-8
+    allows there (:meth:`_utf8_mask`), so a 150k–260k vocabulary is never tested token by token.
 
     Args:
         formats: one response format per row (None: the row is not constrained).
@@ -165,6 +113,8 @@ class ConstrainedLogitsProcessor:
         self.rows = [_Row(fmt) for fmt in formats]
         self.prompt_width, self.token_bytes, self.eog_ids, self.greedy = prompt_width, token_bytes, eog_ids, greedy
         self._seen = 0
+        self._utf8_masks = None  # (between characters, inside one): the tokens UTF-8 allows there
+        self._by_piece = None  # (pieces sorted, their token ids): the vocabulary as a byte-prefix index
 
     def _advance(self, input_ids) -> None:
         generated = input_ids[:, self.prompt_width + self._seen:].tolist()
@@ -219,8 +169,67 @@ class ConstrainedLogitsProcessor:
             scores[index] = masked
         return scores
 
+    def _utf8_mask(self, row: _Row, row_scores, torch):
+        """The tokens UTF-8 allows where the row's decoder stands: inside an unfinished character only those
+        starting with a continuation byte, between characters only the others (end tokens in both);
+        :func:`utf8_step` refuses every other one, so a greedy search over these alone is exact."""
+        if self._utf8_masks is None:
+            size = row_scores.shape[0]
+            continues = torch.zeros(size, dtype=torch.bool)
+            known = torch.zeros(size, dtype=torch.bool)
+            for token, piece in enumerate(self.token_bytes[:size]):
+                if piece:
+                    known[token] = True
+                    continues[token] = piece[0] >> 6 == 2
+            ends = torch.zeros(size, dtype=torch.bool)
+            ends[[t for t in self.eog_ids if t < size]] = True
+            self._utf8_masks = tuple(m.to(row_scores.device) for m in ((known & ~continues) | ends, continues | ends))
+        return self._utf8_masks[1 if row.utf8[1] > 0 else 0]
+
+    def _format_allowed(self, row: _Row) -> list[int]:
+        """Every token the format allows next while the row is still before its free text.
+
+        The vocabulary's pieces, sorted, are walked as a byte trie from the answer so far: a byte
+        prefix the format refuses is never extended (``allows`` is a prefix test, so nothing longer
+        can pass either), so the walk visits the few prefixes the answer format can take — not the
+        150k–260k tokens a ranking walk would test one by one in Python.
+        """
+        from bisect import bisect_left
+
+        if self._by_piece is None:
+            entries = sorted((piece.split(b"\0", 1)[0], token) for token, piece in enumerate(self.token_bytes)
+                             if piece and token not in self.eog_ids)
+            self._by_piece = ([piece for piece, _ in entries], [token for _, token in entries])
+        pieces, ids = self._by_piece
+        found, stack = [], [(b"", 0, len(pieces))]
+        while stack:
+            prefix, low, high = stack.pop()
+            for byte in range(256):
+                child = prefix + bytes([byte])
+                start = bisect_left(pieces, child, low, high)
+                end = bisect_left(pieces, prefix + bytes([byte + 1]), start, high) if byte < 255 else high
+                if start == end or not row.fmt.allows(row.data + child):
+                    continue
+                if utf8_step(row.utf8, child) is not None:
+                    found.extend(ids[i] for i in range(start, end) if pieces[i] == child)
+                stack.append((child, start, end))
+        return found
+
     def _candidates(self, row: _Row, row_scores, torch) -> list[int]:
         """The tokens to keep: the best allowed one (greedy) or the allowed ones of the top few (sampling)."""
+        if not row.free:  # before the free text only a few tokens fit the format: find them all at once
+            allowed = self._format_allowed(row)
+            if not allowed:
+                return []
+            scores = row_scores[allowed].tolist()
+            best = min(range(len(allowed)), key=lambda i: (-scores[i], allowed[i]))  # ties: the lower id
+            if self.greedy:
+                return [allowed[best]]
+            count = min(_SAMPLE_CANDIDATES, row_scores.shape[0])
+            top = set(torch.topk(row_scores, count).indices.tolist())
+            return [t for t in allowed if t in top] or [allowed[best]]
+        if self.greedy:  # tokens UTF-8 rules out cannot be the best allowed one: leave them out of the ranking
+            row_scores = row_scores.masked_fill(~self._utf8_mask(row, row_scores, torch), float("-inf"))
         count = min(_SAMPLE_CANDIDATES, row_scores.shape[0])
         values, ids = torch.topk(row_scores, count)
         # Ties go to the lower id, as with argmax and llama.cpp's greedy sampler.
