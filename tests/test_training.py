@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -605,3 +606,20 @@ def test_train_reads_a_distributed_dataset_with_the_shared_mapping_flags(base, t
     assert "data_mapping" in error and len(error.strip().splitlines()) == 1
     assert main([*args, "--label-map", "0=低自杀风险,1=无风险"]) == 1
     assert "无风险" in capsys.readouterr().err  # a value outside the task is named, never trained on
+
+
+def test_prompt_auto_trains_on_the_base_models_own_template(base, tmp_path):
+    """`--prompt auto` in training renders records with the base model's chat template (for a GLM: glm4-chat),
+    not the placeholder the name stands for; a model without a template is refused before anything runs."""
+    auto = _train(base, tmp_path / "auto", prompt="auto", max_steps=2, seed=3)
+    named = _train(base, tmp_path / "named", prompt="glm4-chat", max_steps=2, seed=3)
+    assert auto.final_loss == named.final_loss
+
+    bare = tmp_path / "bare"
+    shutil.copytree(base, bare)
+    tok_config = json.loads((bare / "tokenizer_config.json").read_text(encoding="utf-8"))
+    tok_config.pop("chat_template", None)
+    (bare / "tokenizer_config.json").write_text(json.dumps(tok_config), encoding="utf-8")
+    (bare / "chat_template.jinja").unlink(missing_ok=True)
+    with pytest.raises(MentalGLMError, match=r"has no chat template.*--prompt plain"):
+        _train(bare, tmp_path / "bare-run", prompt="auto", max_steps=1)

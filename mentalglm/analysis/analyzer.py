@@ -25,7 +25,7 @@ from mentalglm.core.errors import MentalGLMError
 from mentalglm.core.files import digest
 from mentalglm.core.plugin_manager import PluginManager, get_plugin_manager
 from mentalglm.core.prediction import Post, Prediction, posts_digest
-from mentalglm.core.prompt import PromptStyle
+from mentalglm.core.prompt import ChatTemplatePrompt, PromptStyle
 from mentalglm.core.task import Task
 from mentalglm.data.readers import JsonlAppender, read_done_ids
 
@@ -141,7 +141,7 @@ class Analyzer:
         if self.confidence and "score_labels" not in self.backend.capabilities:
             raise MentalGLMError(f"--confidence: backend '{self.backend.name}' cannot score labels "
                                  "(it exposes no label-token probabilities); use llamacpp or torch")
-        if self.prompt.name == "auto":
+        if self.prompt.name == "auto" and not isinstance(self.prompt, ChatTemplatePrompt):  # the placeholder
             self.prompt = self._model_prompt()
         self.redact = self.backend.redacts_by_default if redact is None else redact
         self.batch_size = batch_size or self.backend.preferred_batch_size
@@ -149,22 +149,12 @@ class Analyzer:
 
     def _model_prompt(self) -> PromptStyle:
         """``--prompt auto``: the loaded model's own chat template, or a one-line refusal — never a fallback."""
-        from mentalglm.core.prompt import ChatTemplateError, ChatTemplatePrompt
-
-        chat = self.backend.chat_template()
-        model = self.backend.model or self.backend.name
-        if chat is None:
-            self.close()
-            raise MentalGLMError(f"{model}: the model has no chat template (GGUF tokenizer.chat_template, "
-                                 "tokenizer_config.json); use --prompt plain for a base model, or a named style")
         try:
-            prompt = ChatTemplatePrompt.from_chat_template(chat)
-            prompt.render("", "", self.system)  # a system turn the template refuses fails here, not mid-run
-            return prompt
-        except ChatTemplateError as exc:
+            return ChatTemplatePrompt.for_model(self.backend.chat_template(), self.backend.model or self.backend.name,
+                                                self.system)
+        except MentalGLMError:
             self.close()
-            raise MentalGLMError(f"{model}: its chat template does not render ({exc}); use --prompt plain "
-                                 "or a named style") from None
+            raise
 
     def _calibration(self, calibration):
         """Load and check a calibration: score mode only, and only one fitted for this very task."""

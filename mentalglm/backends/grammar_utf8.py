@@ -7,6 +7,9 @@ llama.cpp's grammar accepts, and the llama.cpp sampler knows when only continuat
 
 from __future__ import annotations
 
+from functools import cached_property
+from typing import Sequence
+
 #: llama.cpp's UTF-8 lead-byte table: sequence length by the high nibble (0 = continuation byte).
 _UTF8_LENGTH = (1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 2, 2, 3, 4)
 
@@ -62,3 +65,45 @@ def utf8_step(state: tuple[int, int], data: bytes) -> tuple[int, int, int] | Non
     if remain == 1 and value < 2:
         return None  # a 7-bit character split across two bytes (overlong)
     return value, remain, completed
+
+
+class TokenBytesIndex:
+    """What a vocabulary's pieces (the bytes llama.cpp's grammar reads per token) tell a constrained
+    search, computed once per model: which tokens UTF-8 allows where the grammar's decoder stands,
+    and the pieces sorted for byte-prefix search.
+
+    Inside an unfinished character only a token whose piece starts with a continuation byte can
+    follow; between characters only a non-empty piece that does not (:func:`utf8_step` refuses the
+    rest, and so does llama.cpp). End-of-generation tokens are decided elsewhere and are in neither.
+
+    Args:
+        pieces: the bytes of each token id (None or empty where the grammar reads nothing).
+    """
+
+    def __init__(self, pieces: Sequence[bytes | None]):
+        import numpy as np
+
+        self._np = np
+        self.pieces = pieces
+        self.known = np.array([bool(p) for p in pieces], dtype=bool)
+        self.continues = np.array([bool(p) and p[0] >> 6 == 2 for p in pieces], dtype=bool)
+        self._ids: dict = {}
+
+    def utf8_allowed(self, inside_character: bool):
+        """A boolean mask over the ids: the tokens UTF-8 allows inside an unfinished character, or between."""
+        return self.continues if inside_character else self.known & ~self.continues
+
+    def utf8_allowed_ids(self, inside_character: bool, also: Sequence[int] = ()):
+        """The ids :meth:`utf8_allowed` marks, with ``also`` (end tokens) added, ascending; cached."""
+        key = (inside_character, tuple(sorted(also)))
+        if key not in self._ids:
+            mask = self.utf8_allowed(inside_character).copy()
+            mask[[t for t in also if t < len(mask)]] = True
+            self._ids[key] = self._np.flatnonzero(mask).astype(self._np.int32)
+        return self._ids[key]
+
+    @cached_property
+    def by_piece(self) -> tuple[list[bytes], list[int]]:
+        """``(pieces, ids)`` sorted by piece (read up to a NUL, as llama.cpp reads them), for prefix search."""
+        entries = sorted((piece.split(b"\0", 1)[0], token) for token, piece in enumerate(self.pieces) if piece)
+        return [piece for piece, _ in entries], [token for _, token in entries]

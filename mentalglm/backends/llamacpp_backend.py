@@ -28,6 +28,7 @@ from mentalglm.backends.llamacpp_batch import Continuation, Job, ParallelDecoder
 from mentalglm.backends.llamacpp_native import (
     ContinuationTokens,
     TokenPieces,
+    bos_eos_texts,
     end_of_generation,
     last_logits,
     model_start_tokens,
@@ -235,14 +236,8 @@ class LlamaCppBackend(Backend):
         text = (self.llm.metadata or {}).get("tokenizer.chat_template")
         if not text:
             return None
-        llama_cpp, vocab = self._llama_cpp, self.llm._model.vocab  # private: no public vocab handle
-
-        def token_text(token: int) -> str:
-            return self._pieces.piece(token).decode("utf-8", "replace") if token >= 0 else ""
-
-        return ChatTemplate(text=text, source=Path(self.model).name,
-                            bos_token=token_text(int(llama_cpp.llama_vocab_bos(vocab))),
-                            eos_token=token_text(int(llama_cpp.llama_vocab_eos(vocab))))
+        bos, eos = bos_eos_texts(self.llm, self._pieces)
+        return ChatTemplate(text=text, source=Path(self.model).name, bos_token=bos, eos_token=eos)
 
     @property
     def preferred_batch_size(self) -> int:

@@ -23,7 +23,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from mentalglm.backends.grammar_utf8 import utf8_step
+from mentalglm.backends.grammar_utf8 import TokenBytesIndex, utf8_step
 
 log = logging.getLogger("mentalglm.llama_cpp")
 _callback = None  # kept referenced: llama.cpp holds a raw pointer to it
@@ -288,17 +288,14 @@ GREEDY_SHORTLISTS = (64, 4096)
 
 
 class ContinuationTokens:
-    """Which tokens can come next as far as UTF-8 goes, by where the grammar's decoder stands.
-
-    Inside an unfinished character only a token whose piece starts with a continuation byte can
-    follow; between characters no such token can. End-of-generation tokens belong to both lists.
-    llama.cpp's grammar refuses every other token, whatever the rules say, so a greedy search
-    limited to the right list finds the same best allowed token. Found once per model, on first
-    need, from the pieces the grammar reads.
+    """Which tokens UTF-8 allows where the grammar's decoder stands (:class:`TokenBytesIndex` of the pieces
+    llama.cpp's grammar reads), end-of-generation tokens included: llama.cpp's grammar refuses every other
+    token, whatever the rules say, so a greedy search limited to them finds the same best allowed token.
+    Built once per model, on first need.
     """
 
     def __init__(self, llm, pieces: TokenPieces):
-        self._llm, self._pieces, self._lists = llm, pieces, None
+        self._llm, self._pieces, self._index, self._ends = llm, pieces, None, ()
 
     def piece(self, token: int) -> bytes:
         """The bytes the grammar reads for ``token``."""
@@ -306,14 +303,11 @@ class ContinuationTokens:
 
     def candidates(self, inside_character: bool) -> np.ndarray:
         """The ids (ascending) that can follow, inside an unfinished character or between characters."""
-        if self._lists is None:
-            is_end = end_of_generation(self._llm)
-            ends = np.array([is_end(t) for t in range(self._llm.n_vocab())])
-            continues = np.array([p[:1] != b"" and p[0] >> 6 == 2
-                                  for p in map(self._pieces.piece, range(self._llm.n_vocab()))])
-            self._lists = (np.flatnonzero(~continues | ends).astype(np.int32),
-                           np.flatnonzero(continues | ends).astype(np.int32))
-        return self._lists[1 if inside_character else 0]
+        if self._index is None:
+            n_vocab, is_end = self._llm.n_vocab(), end_of_generation(self._llm)
+            self._index = TokenBytesIndex([self._pieces.piece(t) for t in range(n_vocab)])
+            self._ends = [t for t in range(n_vocab) if is_end(t)]
+        return self._index.utf8_allowed_ids(inside_character, self._ends)
 
 
 class SequenceSampler:
@@ -327,8 +321,9 @@ class SequenceSampler:
     a grammar pass over every token costs more than the decode step itself, so greedy decoding
     first tries the best few thousand tokens (:meth:`_resample`). Greedy answers are exactly those
     of grammar-first sampling (the best token, if allowed, is the best allowed token); sampled ones
-    draw from the unconstrained distribution first, as llama.cpp's server does. Greedy decoding reads the argmax of the
-    logits row in place (the first maximum, as llama.cpp's greedy sampler picks it).
+    draw from the unconstrained distribution first, as llama.cpp's server does. Greedy decoding
+    reads the argmax of the logits row in place (the first maximum, as llama.cpp's greedy sampler
+    picks it).
 
     Args:
         llm: the ``Llama`` whose chain construction and vocabulary are used.
@@ -396,33 +391,33 @@ class SequenceSampler:
     def _resample(self, ctx, n_vocab: int, index: int) -> int:
         """The chain's pick among the tokens the grammar allows.
 
-        Greedy first offers the grammar the best tokens (:data:`GREEDY_SHORTLISTS`): the best allowed
-        one among them is the best allowed token of the whole vocabulary, unless none is allowed or
-        it ties with the shortlist's worst (a tie outside could win on a lower id) — then the next,
-        longer list, and at last, as when sampling, the whole vocabulary goes through the grammar.
+        Greedy first offers the grammar the best tokens UTF-8 allows (:data:`GREEDY_SHORTLISTS`): the
+        best allowed one among them is the best allowed token of the whole vocabulary, unless none is
+        allowed or it ties with the shortlist's worst (a tie outside could win on a lower id) — then
+        the next, longer list, then all the tokens UTF-8 allows; sampling, and greedy if nothing was
+        allowed there, passes the whole vocabulary through the grammar.
         """
         self.rejections += 1
         logits = np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(ctx, index), shape=(n_vocab,))
-        # UTF-8 alone rules out the continuation tokens between characters and all others inside one:
-        # the search runs over the rest, in the same order — exact, and a model's odd byte token no
-        # longer costs a grammar pass over all 150k–260k tokens.
-        pool = None if self._continuations is None else self._continuations.candidates(self._utf8[1] > 0)
-        for size in GREEDY_SHORTLISTS if self._chain is None else ():
-            if size >= (n_vocab if pool is None else len(pool)):
-                break
-            if pool is None:
-                shortlist = np.argpartition(logits, -size)[-size:]
-            else:
+        if self._chain is None:
+            # UTF-8 alone rules out the continuation tokens between characters and all others inside one:
+            # the search runs over the rest, best first — exact, and a model's odd byte token no longer
+            # costs a grammar pass over all 150k–260k tokens.
+            pool = (np.arange(n_vocab, dtype=np.int32) if self._continuations is None
+                    else self._continuations.candidates(self._utf8[1] > 0))
+            for size in GREEDY_SHORTLISTS:
+                if size >= len(pool):
+                    break
                 shortlist = pool[np.argpartition(logits[pool], -size)[-size:]]
-            candidates = self._through_grammar(np.sort(shortlist).astype(np.int32), logits)
-            best = int(candidates["logit"].argmax())  # first maximum: the lowest id among ties
-            if candidates["logit"][best] > max(logits[shortlist].min(), float("-inf")):
-                return int(candidates["id"][best])
-        if pool is not None and self._chain is None:
-            candidates = self._through_grammar(pool, logits)
-            best = int(candidates["logit"].argmax())
-            if candidates["logit"][best] > float("-inf"):
-                return int(candidates["id"][best])
+                candidates = self._through_grammar(np.sort(shortlist), logits)
+                best = int(candidates["logit"].argmax())  # first maximum: the lowest id among ties
+                if candidates["logit"][best] > logits[shortlist].min():
+                    return int(candidates["id"][best])
+            if self._continuations is not None:
+                candidates = self._through_grammar(pool, logits)
+                best = int(candidates["logit"].argmax())
+                if candidates["logit"][best] > float("-inf"):
+                    return int(candidates["id"][best])
         self.full_passes += 1
         candidates = self._through_grammar(np.arange(n_vocab, dtype=np.int32), logits)
         if self._chain is None:  # greedy: the first best allowed token, in id order as llama.cpp's greedy scans
@@ -456,13 +451,20 @@ class SequenceSampler:
             self._grammar = None
 
 
-
 class OwnContext:
     """A ``Llama``'s own context as :meth:`SequenceSampler.sample` reads it (one sequence, ``llm.eval``)."""
 
     def __init__(self, llm):
         self.native = llm.ctx
         self.n_vocab = llm.n_vocab()
+
+
+def bos_eos_texts(llm, pieces: TokenPieces) -> tuple[str, str]:
+    """The texts of the model's BOS and EOS tokens (``""`` where it has none), as a chat template names them."""
+    llama_cpp = load_llama_cpp()
+    vocab = llm._model.vocab  # private: llama-cpp-python exposes no public vocab handle
+    return tuple(pieces.piece(token).decode("utf-8", "replace") if token >= 0 else ""
+                 for token in (int(llama_cpp.llama_vocab_bos(vocab)), int(llama_cpp.llama_vocab_eos(vocab))))
 
 
 def model_start_tokens(llm) -> list[int]:

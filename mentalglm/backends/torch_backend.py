@@ -33,7 +33,7 @@ from typing import Literal, Sequence
 
 from pydantic import Field, field_validator
 
-from mentalglm.backends.grammar_utf8 import utf8_step
+from mentalglm.backends.grammar_utf8 import TokenBytesIndex, utf8_step
 from mentalglm.core.backend import Backend, BackendOptions, Completion, GenerationRequest
 from mentalglm.core.errors import MentalGLMError, OptionsError
 from mentalglm.core.response_format import ResponseFormat
@@ -106,15 +106,18 @@ class ConstrainedLogitsProcessor:
         token_bytes: bytes of each vocabulary id (None for ids without a token).
         eog_ids: ids that end generation.
         greedy: keep only the best allowed token.
+        index: the :class:`TokenBytesIndex` of ``token_bytes`` (the backend keeps one per model;
+            built here when not given).
     """
 
     def __init__(self, formats: Sequence[ResponseFormat | None], prompt_width: int,
-                 token_bytes: Sequence[bytes | None], eog_ids: set[int], greedy: bool):
+                 token_bytes: Sequence[bytes | None], eog_ids: set[int], greedy: bool,
+                 index: TokenBytesIndex | None = None):
         self.rows = [_Row(fmt) for fmt in formats]
         self.prompt_width, self.token_bytes, self.eog_ids, self.greedy = prompt_width, token_bytes, eog_ids, greedy
+        self.index = index or TokenBytesIndex(token_bytes)
         self._seen = 0
-        self._utf8_masks = None  # (between characters, inside one): the tokens UTF-8 allows there
-        self._by_piece = None  # (pieces sorted, their token ids): the vocabulary as a byte-prefix index
+        self._utf8_masks: dict = {}  # inside a character or not → the tokens UTF-8 allows there, end tokens too
 
     def _advance(self, input_ids) -> None:
         generated = input_ids[:, self.prompt_width + self._seen:].tolist()
@@ -170,21 +173,17 @@ class ConstrainedLogitsProcessor:
         return scores
 
     def _utf8_mask(self, row: _Row, row_scores, torch):
-        """The tokens UTF-8 allows where the row's decoder stands: inside an unfinished character only those
-        starting with a continuation byte, between characters only the others (end tokens in both);
-        :func:`utf8_step` refuses every other one, so a greedy search over these alone is exact."""
-        if self._utf8_masks is None:
+        """The tokens UTF-8 allows where the row's decoder stands (end tokens too): :func:`utf8_step`
+        refuses every other one, so a greedy search over these alone is exact."""
+        inside = row.utf8[1] > 0
+        if inside not in self._utf8_masks:
             size = row_scores.shape[0]
-            continues = torch.zeros(size, dtype=torch.bool)
-            known = torch.zeros(size, dtype=torch.bool)
-            for token, piece in enumerate(self.token_bytes[:size]):
-                if piece:
-                    known[token] = True
-                    continues[token] = piece[0] >> 6 == 2
-            ends = torch.zeros(size, dtype=torch.bool)
-            ends[[t for t in self.eog_ids if t < size]] = True
-            self._utf8_masks = tuple(m.to(row_scores.device) for m in ((known & ~continues) | ends, continues | ends))
-        return self._utf8_masks[1 if row.utf8[1] > 0 else 0]
+            mask = torch.zeros(size, dtype=torch.bool)
+            allowed = torch.from_numpy(self.index.utf8_allowed(inside)[:size])
+            mask[:len(allowed)] = allowed
+            mask[[t for t in self.eog_ids if t < size]] = True
+            self._utf8_masks[inside] = mask.to(row_scores.device)
+        return self._utf8_masks[inside]
 
     def _format_allowed(self, row: _Row) -> list[int]:
         """Every token the format allows next while the row is still before its free text.
@@ -196,11 +195,7 @@ class ConstrainedLogitsProcessor:
         """
         from bisect import bisect_left
 
-        if self._by_piece is None:
-            entries = sorted((piece.split(b"\0", 1)[0], token) for token, piece in enumerate(self.token_bytes)
-                             if piece and token not in self.eog_ids)
-            self._by_piece = ([piece for piece, _ in entries], [token for _, token in entries])
-        pieces, ids = self._by_piece
+        pieces, ids = self.index.by_piece
         found, stack = [], [(b"", 0, len(pieces))]
         while stack:
             prefix, low, high = stack.pop()
@@ -211,7 +206,7 @@ class ConstrainedLogitsProcessor:
                 if start == end or not row.fmt.allows(row.data + child):
                     continue
                 if utf8_step(row.utf8, child) is not None:
-                    found.extend(ids[i] for i in range(start, end) if pieces[i] == child)
+                    found.extend(ids[i] for i in range(start, end) if pieces[i] == child and ids[i] not in self.eog_ids)
                 stack.append((child, start, end))
         return found
 
@@ -278,6 +273,24 @@ class TextStopCriteria:
             tail = b"".join(self.token_bytes[t] or b"" for t in row[-window:] if t < len(self.token_bytes))
             done.append(any(s in tail for s in stops) if window else False)
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def tokenizer_chat_template(tokenizer, source: str):
+    """A transformers tokenizer's chat template as a :class:`~mentalglm.core.prompt.ChatTemplate`, or None.
+
+    Args:
+        tokenizer: the tokenizer (its ``chat_template``: one text, or named texts of which ``default`` is used).
+        source: where it was read, for messages.
+    """
+    from mentalglm.core.prompt import ChatTemplate
+
+    text = getattr(tokenizer, "chat_template", None)
+    if isinstance(text, dict):  # several named templates: the default one
+        text = text.get("default")
+    if not text:
+        return None
+    return ChatTemplate(text=text, source=source, bos_token=tokenizer.bos_token or "",
+                        eos_token=tokenizer.eos_token or "")
 
 
 def token_bytes_table(tokenizer, size: int) -> list[bytes | None]:
@@ -400,6 +413,7 @@ class TorchBackend(Backend):
         self.hf_model, self.tokenizer = network, tokenizer
         self._config = _transformers_model(network).config
         self._table: list[bytes | None] | None = None
+        self._index: TokenBytesIndex | None = None
         self._settle_generation_config(network, tokenizer)
 
     # -- loading --------------------------------------------------------------------------
@@ -527,6 +541,13 @@ class TorchBackend(Backend):
             self._table = token_bytes_table(self.tokenizer, self._output_size())
         return self._table
 
+    @property
+    def token_index(self) -> TokenBytesIndex:
+        """The :class:`TokenBytesIndex` of :attr:`token_table`, built once per model (not per batch)."""
+        if self._index is None:
+            self._index = TokenBytesIndex(self.token_table)
+        return self._index
+
     def _output_size(self) -> int:
         embeddings = self._live().get_output_embeddings()
         size = getattr(embeddings, "out_features", None) or getattr(self._config, "vocab_size", None)
@@ -551,15 +572,7 @@ class TorchBackend(Backend):
 
     def chat_template(self):
         """The tokenizer's chat template (``tokenizer_config.json`` / ``chat_template.jinja``); None without one."""
-        from mentalglm.core.prompt import ChatTemplate
-
-        text = getattr(self.tokenizer, "chat_template", None)
-        if isinstance(text, dict):  # several named templates: the default one
-            text = text.get("default")
-        if not text:
-            return None
-        return ChatTemplate(text=text, source=str(self.model or "the model"),
-                            bos_token=self.tokenizer.bos_token or "", eos_token=self.tokenizer.eos_token or "")
+        return tokenizer_chat_template(self.tokenizer, str(self.model or "the model"))
 
     # -- contract -------------------------------------------------------------------------
     def token_count(self, text: str) -> int:
@@ -644,7 +657,8 @@ class TorchBackend(Backend):
         processors = LogitsProcessorList()
         formats = [r.response_format if self.options.constrained else None for r in requests]
         if any(formats):
-            processors.append(ConstrainedLogitsProcessor(formats, width, self.token_table, eog, greedy))
+            processors.append(ConstrainedLogitsProcessor(formats, width, self.token_table, eog, greedy,
+                                                         self.token_index))
         criteria = StoppingCriteriaList()
         if text_stops:
             criteria.append(TextStopCriteria([text_stops] * len(requests), width, self.token_table))
@@ -738,7 +752,7 @@ class TorchBackend(Backend):
         if self.hf_model is None:
             return
         self.hf_model = None
-        self._table = None
+        self._table = self._index = None
         if not self._owns_model:
             return
         gc.collect()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -123,32 +124,26 @@ def render_chat_template(template: ChatTemplate, messages: list[dict], *, add_ge
         raise ChatTemplateError(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
 
+@lru_cache(maxsize=32)
 def _compiled(text: str):
-    found = _TEMPLATES.get(text)
-    if found is None:
-        import json
-        from datetime import datetime
+    import json
+    from datetime import datetime
 
-        import jinja2
-        from jinja2.ext import loopcontrols
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-        def raise_exception(message):
-            raise jinja2.TemplateError(message)
+    def raise_exception(message):
+        raise jinja2.TemplateError(message)
 
-        def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-            return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                              sort_keys=sort_keys)
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
-        environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
-        environment.filters["tojson"] = tojson
-        environment.globals["raise_exception"] = raise_exception
-        environment.globals["strftime_now"] = lambda format: datetime.now().strftime(format)
-        found = _TEMPLATES[text] = environment.from_string(text)
-    return found
-
-
-_TEMPLATES: dict = {}
+    environment = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[loopcontrols])
+    environment.filters["tojson"] = tojson
+    environment.globals["raise_exception"] = raise_exception
+    environment.globals["strftime_now"] = lambda format: datetime.now().strftime(format)
+    return environment.from_string(text)
 
 
 @dataclass(frozen=True)
@@ -181,6 +176,27 @@ class ChatTemplatePrompt(PromptStyle):
                    template=bare.replace(_CONTENT, "{content}"),
                    system_template="{system}" if _SYSTEM in with_system else "",
                    stop=(chat.eos_token,) if chat.eos_token else (), chat=chat)
+
+    @classmethod
+    def for_model(cls, chat: ChatTemplate | None, model: str, system: str | None = None) -> "ChatTemplatePrompt":
+        """``--prompt auto`` for ``model``: its chat template, checked with ``system`` — or a one-line refusal,
+        never a fallback (llama-cpp-python falls back to a llama-2 format without a word).
+
+        Raises:
+            MentalGLMError: the model has no template, or it does not render (a system turn it refuses).
+        """
+        from mentalglm.core.errors import MentalGLMError
+
+        if chat is None:
+            raise MentalGLMError(f"{model}: the model has no chat template (GGUF tokenizer.chat_template, "
+                                 "tokenizer_config.json); use --prompt plain for a base model, or a named style")
+        try:
+            prompt = cls.from_chat_template(chat)
+            prompt.render("", "", system)  # a system turn the template refuses fails here, not mid-run
+        except ChatTemplateError as exc:
+            raise MentalGLMError(f"{model}: its chat template does not render ({exc}); use --prompt plain "
+                                 "or a named style") from None
+        return prompt
 
     def render(self, instruction: str, post: str, system: str | None = None) -> str:
         """The exact model input: the chat template rendered for this post (and system message).

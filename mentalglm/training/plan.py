@@ -226,13 +226,19 @@ def plan_run(config: TrainConfig, dist, report: Reporter) -> RunPlan:
     plugins = get_plugin_manager()
     style = plugins.prompt(config.prompt)
     task = plugins.task(config.task) if config.task else None
-    if config.system and not style.system_template:
+    if config.system and not style.system_template and style.name != "auto":
         raise MentalGLMError(f"prompt style '{style.name}' has no system turn; drop --system")
     base = rundir.base_model_info(config.model)
     files = [read_stage_records(stage.data, task, data_mapping(config)) for stage in config.stages]
+    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
+    if style.name == "auto":  # the base model's own chat template, as the torch backend renders it
+        from mentalglm.backends.torch_backend import tokenizer_chat_template
+        from mentalglm.core.prompt import ChatTemplatePrompt
+
+        style = ChatTemplatePrompt.for_model(tokenizer_chat_template(tokenizer, config.model), config.model,
+                                             config.system)
     validator = _validator(config, task, style)
     precision = resolve_precision(config.precision, dist.device)
-    tokenizer = load_tokenizer(config.model, config.trust_remote_code)
     end_token = resolve_end_token(tokenizer, style, config.end_token)
     stages = tuple(_plan_stage(config, index, encode_stage(tokenizer, style, f, end_token=end_token,
                                                            max_length=config.max_length, system=config.system),
