@@ -104,15 +104,20 @@ class FakeOpenAI:
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
                 try:
-                    self.answer(fake.reply(body, n))
-                finally:
-                    with fake.lock:
-                        fake.in_flight -= 1
+                    reply = fake.reply(body, n)
+                except BaseException:
+                    fake.answering()
+                    raise
+                self.answer(reply, answering=fake.answering)
 
-            def answer(self, reply):
+            def answer(self, reply, answering=None):
                 try:
                     if reply.delay:
                         fake.done.wait(reply.delay)
+                    if answering is not None:
+                        # Counted out before the first byte leaves: once the client has its answer it
+                        # may send the next request, which must not find this one still counted.
+                        answering()
                     data = reply.body if isinstance(reply.body, str) else json.dumps(reply.body, ensure_ascii=False)
                     data = data.encode("utf-8")
                     self.send_response(reply.status)
@@ -130,6 +135,11 @@ class FakeOpenAI:
         self.server.handle_error = lambda request, address: None
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    def answering(self) -> None:
+        """One completion request is answered: it no longer counts as in flight."""
+        with self.lock:
+            self.in_flight -= 1
 
     def route(self, method, path, body) -> Reply:
         answer = self.routes.get((method, path))
