@@ -66,6 +66,15 @@ def test_export_without_redaction_plain_prompt_and_llama_cpp_dialect(tmp_path, d
     assert "stop_token_ids" not in rows[0]["body"]
 
 
+def test_export_with_prompt_server_writes_the_turns_for_the_servers_template(tmp_path, data, pm):
+    rows = lines(export(tmp_path, data, "--prompt", "server", "--system", "你是心理咨询师", "--server", "llama.cpp"))
+    assert {r["url"] for r in rows} == {"/v1/chat/completions"}
+    content = f"{pm.task('depression').instruction}\n我最近总是失眠，电话[PHONE]"
+    assert rows[0]["body"]["messages"] == [{"role": "system", "content": "你是心理咨询师"},
+                                           {"role": "user", "content": content}]
+    assert "grammar" in rows[0]["body"] and "prompt" not in rows[0]["body"]
+
+
 def test_export_reads_stop_token_ids_from_a_model_folder(tmp_path, data):
     folder = tmp_path / "model"
     folder.mkdir()

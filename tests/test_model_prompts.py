@@ -154,3 +154,57 @@ def test_no_bos_where_the_model_does_not_ask(tiny_models, exported):
             LlamaCppBackend(str(exported("glm", "f32")), {"parallel": 1}) as llama:
         assert torch_backend._encode(text, prompt=True) == llama._tokenize(text)
         assert torch_backend._encode("好累", prompt=True) == torch_backend._encode("好累")
+
+
+# -- named styles, against llama.cpp's own renderings of the same families -----------------------
+def _llama_cpp_render(name: str, messages: list[dict]) -> str:
+    """``llama_chat_apply_template`` with a built-in template name: llama.cpp's C++ rendering."""
+    import ctypes
+
+    llama_cpp = pytest.importorskip("llama_cpp")
+    encoded = [(m["role"].encode("utf-8"), m["content"].encode("utf-8")) for m in messages]
+    chat = (llama_cpp.llama_chat_message * len(encoded))()
+    for slot, (role, content) in zip(chat, encoded):
+        slot.role, slot.content = role, content
+    size = 4096
+    buffer = ctypes.create_string_buffer(size)
+    written = llama_cpp.llama_chat_apply_template(name.encode(), chat, len(encoded), True, buffer, size)
+    assert 0 < written <= size, f"llama.cpp does not know the template {name!r}"
+    return buffer.raw[:written].decode("utf-8")
+
+
+@pytest.mark.parametrize("style, reference", [("chatml", "chatml"), ("llama-3", "llama3"), ("gemma", "gemma")])
+@pytest.mark.parametrize("system", [None, "你是一名心理咨询师。"], ids=["no-system", "system"])
+@pytest.mark.parametrize("post", [POST.text, "  前后有空白，还有换行\n\n"], ids=["post", "padded-post"])
+def test_named_styles_render_as_llama_cpp_does(pm, style, reference, system, post):
+    prompt = pm.prompt(style)
+    messages = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": f"判断帖子。\n{post}"}]
+    assert prompt.render("判断帖子。", post, system) == _llama_cpp_render(reference, messages)
+    assert prompt.messages("判断帖子。", post, system)[-1]["content"].strip() == f"判断帖子。\n{post}".strip()
+
+
+@pytest.mark.parametrize("system", [None, "你是一名心理咨询师。"], ids=["no-system", "system"])
+def test_qwen_is_chatml_with_qwens_default_system_turn(pm, system):
+    qwen, chatml = pm.prompt("qwen"), pm.prompt("chatml")
+    default = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."
+    assert qwen.render("判断帖子。", POST.text, system) == chatml.render("判断帖子。", POST.text, system or default)
+    assert qwen.render("判断帖子。", POST.text, system).startswith(f"<|im_start|>system\n{system or default}<|im_end|>")
+
+
+def test_named_styles_stop_at_their_end_of_turn(pm):
+    assert {name: pm.prompt(name).stop for name in ("chatml", "qwen", "llama-3", "gemma")} == {
+        "chatml": ("<|im_end|>",), "qwen": ("<|im_end|>",), "llama-3": ("<|eot_id|>",), "gemma": ("<end_of_turn>",)}
+
+
+def test_a_named_style_gets_the_models_bos_once(tiny_models, exported, tmp_path):
+    """A named style writes no BOS: each backend adds the model's own, once, and both read the same ids."""
+    model, gguf_path, sop = _with_bos(tiny_models, exported, tmp_path)
+    ids = []
+    for backend, path, options in (("torch", model, {}), ("llamacpp", gguf_path, {"parallel": 1})):
+        with Analyzer(task="depression", backend=backend, model=str(path), prompt="gemma", options=options) as a:
+            prompt = a.render(POST)
+            assert prompt.startswith("<start_of_turn>user\n")
+            ids.append(a.backend._encode(prompt, prompt=True) if backend == "torch" else a.backend._tokenize(prompt))
+    assert ids[0] == ids[1]
+    assert ids[0][0] == sop and ids[0][1] != sop

@@ -62,7 +62,7 @@ SIGNS = {
 
 
 class FakeOpenAI:
-    """``POST /v1/completions`` answered by ``self.reply(body, n)``; every completion request is recorded.
+    """``POST /v1/completions`` and ``/v1/chat/completions`` answered by ``self.reply(body, n)``; each is recorded.
 
     Other endpoints answer from ``self.routes`` (``(method, path)`` → a JSON value, a Reply, or a
     function of the request body); anything else is a 404, as on a server without that endpoint.
@@ -70,7 +70,8 @@ class FakeOpenAI:
     """
 
     def __init__(self):
-        self.requests: list[tuple[dict, dict]] = []  # (headers, body) of completion requests
+        self.requests: list[tuple[dict, dict]] = []  # (headers, body) of (chat) completion requests
+        self.routes_taken: list[str] = []  # the path of each of them
         self.other: list[tuple[str, str, object]] = []  # (method, path, body) of everything else
         self.routes: dict = {}
         self.lock = threading.Lock()
@@ -93,13 +94,14 @@ class FakeOpenAI:
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 body = json.loads(raw.decode("utf-8"))
-                if self.path != "/v1/completions":
+                if self.path not in ("/v1/completions", "/v1/chat/completions"):
                     with fake.lock:
                         fake.other.append(("POST", self.path, body))
                     self.answer(fake.route("POST", self.path, body))
                     return
                 with fake.lock:
                     fake.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                    fake.routes_taken.append(self.path)
                     n = len(fake.requests)
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
@@ -370,12 +372,15 @@ def valid_answer(fmt) -> str:
 
 
 def enforcing(*formats):
-    """A reply function of a server that enforces the GBNF it is sent (either field): a valid answer of it."""
+    """A reply function of a server that enforces the GBNF it is sent (either field): a valid answer of it,
+    shaped as the route asks (``message.content`` for a chat request)."""
     answers = {fmt.gbnf(): valid_answer(fmt) for fmt in (dialects.CANARY_FORMAT, *formats)}
 
     def reply(body, n):
         grammar = body.get("grammar") or (body.get("structured_outputs") or {}).get("grammar")
-        return Reply(body={"choices": [{"text": answers.get(grammar, "12345"), "finish_reason": "stop"}]})
+        text = answers.get(grammar, "12345")
+        choice = {"message": {"role": "assistant", "content": text}} if "messages" in body else {"text": text}
+        return Reply(body={"choices": [{**choice, "finish_reason": "stop"}]})
 
     return reply
 
@@ -725,6 +730,61 @@ def test_analyzer_redacts_before_sending(fake, pm):
                   redact=False) as a:
         a.analyze(text)
     assert text in fake.bodies[1]["prompt"]
+
+
+# -- --prompt server: the server applies its own chat template ---------------------------------------
+@pytest.mark.parametrize("server, field", [("llama-server", "grammar"), ("vllm", "structured_outputs")])
+def test_prompt_server_sends_the_turns_to_the_chat_route_with_the_constraint(fake, pm, server, field):
+    from mentalglm import Analyzer
+
+    fmt = pm.task("depression").response_format()
+    fake.act_as(server).reply = enforcing(fmt)
+    with Analyzer(task="depression", backend="openai", model="m", prompt="server", system="你是心理咨询师",
+                  options={"base_url": fake.url}, plugins=pm, redact=False) as a:
+        a.backend.preflight(["1"], response_format=a.response_format)
+        prediction = a.analyze("我最近总是失眠")
+        record_prompt = a.settings()["prompt"]
+    assert prediction.labels and prediction.valid
+    assert fake.routes_taken == ["/v1/chat/completions"] * 2  # the canary takes the route the posts take
+    canary, post = fake.bodies
+    assert canary["messages"] == [{"role": "user", "content": dialects.CANARY_QUESTION}]
+    assert post["messages"] == [{"role": "system", "content": "你是心理咨询师"},
+                                {"role": "user", "content": pm.task("depression").instruction + "\n我最近总是失眠"}]
+    assert "prompt" not in post and field in post and field in canary
+    assert record_prompt == "server"
+
+
+def test_prompt_server_canary_refuses_a_chat_route_that_ignores_the_constraint(fake, pm):
+    from mentalglm import Analyzer
+
+    fake.act_as("llama-server").reply = lambda body, n: Reply(body={"choices": [
+        {"message": {"role": "assistant", "content": "12345"}, "finish_reason": "stop"}]})
+    with Analyzer(task="depression", backend="openai", model="m", prompt="server",
+                  options={"base_url": fake.url}, plugins=pm) as a:
+        with pytest.raises(MentalGLMError, match="did not enforce the answer constraint sent as grammar: the canary"):
+            a.backend.preflight(["1"], response_format=a.response_format)
+    assert fake.routes_taken == ["/v1/chat/completions"]
+
+
+def test_prompt_server_chat_answer_without_content_is_one_line(fake, pm):
+    fake.act_as("llama-server").reply = lambda body, n: Reply(body={"choices": [{"text": None}]})
+    b = backend(fake.url, constrained=False)
+    b.render_on_server()
+    with pytest.raises(MentalGLMError) as info:
+        b.generate([request(0, messages=({"role": "user", "content": "x"},))])
+    assert str(info.value).startswith(f"openai backend: {fake.url}/chat/completions: the answer has no "
+                                      "choices[0].message.content")
+
+
+@pytest.mark.parametrize("backend_name", ["llamacpp", "torch", "replay"])
+def test_prompt_server_is_refused_by_backends_that_read_the_model(pm, tiny_models, exported, tmp_path, backend_name):
+    from mentalglm import Analyzer
+
+    replay = tmp_path / "replay.jsonl"
+    replay.write_text('{"id": "1", "output": "标签：抑郁"}\n', encoding="utf-8")
+    model = {"llamacpp": exported("glm", "f32"), "torch": tiny_models["glm"], "replay": replay}[backend_name]
+    with pytest.raises(MentalGLMError, match=f"--prompt server: backend '{backend_name}' sends no chat messages"):
+        Analyzer(task="depression", backend=backend_name, model=str(model), prompt="server", plugins=pm)
 
 
 # -- replicas ------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ from mentalglm.core.plugin_manager import PluginWarning
 
 def test_builtins_register_through_the_hooks(pm):
     assert set(pm.tasks()) == {"depression", "suicide-risk", "cognitive-distortion", "cognitive-pathway"}
-    assert set(pm.prompts()) == {"glm4-chat", "plain", "auto"}
+    assert set(pm.prompts()) == {"glm4-chat", "plain", "auto", "server", "chatml", "qwen", "llama-3", "gemma"}
     assert "replay" in pm.backends()
     providers = {p.name: p for p in pm.providers()}
     assert providers["mentalglm.tasks"].builtin

@@ -25,7 +25,7 @@ from mentalglm.core.errors import MentalGLMError
 from mentalglm.core.files import digest
 from mentalglm.core.plugin_manager import PluginManager, get_plugin_manager
 from mentalglm.core.prediction import Post, Prediction, posts_digest
-from mentalglm.core.prompt import ChatTemplatePrompt, PromptStyle
+from mentalglm.core.prompt import ChatTemplatePrompt, PromptStyle, ServerTemplatePrompt
 from mentalglm.core.task import Task
 from mentalglm.data.readers import JsonlAppender, read_done_ids
 
@@ -143,6 +143,12 @@ class Analyzer:
                                  "(it exposes no label-token probabilities); use llamacpp or torch")
         if self.prompt.name == "auto" and not isinstance(self.prompt, ChatTemplatePrompt):  # the placeholder
             self.prompt = self._model_prompt()
+        if isinstance(self.prompt, ServerTemplatePrompt):
+            try:
+                self.backend.render_on_server()
+            except MentalGLMError:
+                self.close()
+                raise
         self.redact = self.backend.redacts_by_default if redact is None else redact
         self.batch_size = batch_size or self.backend.preferred_batch_size
         self.response_format = self.task.response_format()
@@ -217,7 +223,9 @@ class Analyzer:
 
     def _generation_request(self, shown: Post, prompt: str) -> GenerationRequest:
         # With an evidence part, each post's grammar makes the quotes copies of that post.
-        return GenerationRequest(id=shown.id, prompt=prompt, stop=self.prompt.stop,
+        messages = (tuple(self.prompt.messages(shown.instruction or self.task.instruction, shown.text, self.system))
+                    if isinstance(self.prompt, ServerTemplatePrompt) else None)
+        return GenerationRequest(id=shown.id, prompt=prompt, stop=self.prompt.stop, messages=messages,
                                  response_format=self.response_format.for_post(shown.text))
 
     def _truncate(self, post: Post, budget: int) -> tuple[Post, str]:

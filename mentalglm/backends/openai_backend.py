@@ -258,6 +258,7 @@ class OpenAIBackend(Backend):
         self._stop_ids: list[int] | None = None
         self._constraints: dict[ResponseFormat, Constraint] = {}
         self._lock = threading.Lock()
+        self._chat = False  # --prompt server: every request (the canary too) goes to /chat/completions
 
     def __repr__(self) -> str:
         shown = self.base_url if len(self.base_urls) == 1 else self.base_urls
@@ -313,6 +314,14 @@ class OpenAIBackend(Backend):
                 self._stop_ids = stop_ids
                 self._server = info
             return self._server
+
+    def render_on_server(self) -> None:
+        """``--prompt server``: requests go to ``/chat/completions`` as messages, rendered by the server's template.
+
+        The constraint is sent with them as with completions, and the canary takes the same route,
+        so a server whose chat route ignores the grammar is caught before the first post.
+        """
+        self._chat = True
 
     def chat_template(self):
         """The served model's own chat template where the server tells it (llama-server's ``GET /props``).
@@ -494,7 +503,9 @@ class OpenAIBackend(Backend):
         fmt = response_format or (dialects.CANARY_LABELS if label_only else dialects.CANARY_FORMAT)
         canary = GenerationRequest(id="canary", prompt=dialects.CANARY_PROMPT, stop=dialects.stop_token_texts(),
                                    max_new_tokens=min(dialects.CANARY_TOKENS, self.options.max_new_tokens),
-                                   response_format=fmt)
+                                   response_format=fmt,
+                                   messages=({"role": "user", "content": dialects.CANARY_QUESTION},) if self._chat
+                                   else None)
         for url in self.base_urls:  # any replica may get any post: each must prove it constrains
             self._complete(canary, threading.Event(), subject="the canary answer", replica=url)
             log.info("openai backend: canary passed: %s (%s) enforces %s", url, info.describe(),
@@ -505,18 +516,18 @@ class OpenAIBackend(Backend):
         """The JSON body sent for ``request`` (identifies the server first if need be; :meth:`offline` skips that).
 
         Args:
-            chat: a ``/chat/completions`` body: the rendered prompt's turns as ``messages``
-                (:func:`chat_messages`; vLLM's batch runner takes only chat requests) in place of
-                ``prompt``; everything else, the constraint included, is the same.
+            chat: a ``/chat/completions`` body: the request's ``messages`` (``--prompt server``) or the
+                rendered prompt's turns (:func:`chat_messages`; vLLM's batch runner takes only chat
+                requests) in place of ``prompt``; everything else, the constraint included, is the same.
 
         Raises:
-            MentalGLMError: ``chat`` and a prompt that is not a GLM-4 chat prompt.
+            MentalGLMError: ``chat`` and a prompt that is neither messages nor a GLM-4 chat prompt.
         """
         opts = self.options
         info = self._connect()
         body: dict[str, Any] = dict(opts.extra_body)
         if chat:
-            messages = chat_messages(request.prompt)
+            messages = list(request.messages) if request.messages else chat_messages(request.prompt)
             if messages is None:
                 raise MentalGLMError(f"openai backend: the prompt of post {request.id} is not a GLM-4 chat prompt "
                                      "([gMASK]<sop><|user|>\\n…<|assistant|>\\n), so it cannot be sent as chat "
@@ -579,17 +590,19 @@ class OpenAIBackend(Backend):
         """Send ``request`` to ``replica``, or to the least busy replica with fail-over; check the answer."""
         if cancel.is_set():
             raise Cancelled("openai backend: cancelled")
-        body = self.body(request)
+        chat = self._chat or request.messages is not None
+        body = self.body(request, chat=chat)
+        route = "/chat/completions" if chat else "/completions"
         url = replica or self.base_url
         try:
             if replica is not None:
-                payload = self._http.request(f"{replica}/completions", body, prompt=request.prompt, cancel=cancel)
+                payload = self._http.request(f"{replica}{route}", body, prompt=request.prompt, cancel=cancel)
             else:
-                url, payload = self._pool.send(self._http, "/completions", body, tries=self.options.max_retries + 1,
+                url, payload = self._pool.send(self._http, route, body, tries=self.options.max_retries + 1,
                                                prompt=request.prompt, cancel=cancel)
         except NotJSON as exc:
             raise MentalGLMError(f"{exc} (is base_url the API root, e.g. http://host:8000/v1?)") from None
-        completion = self._completion(request, payload, url)
+        completion = self._completion(request, payload, url, route)
         constraint = self._constraint(request.response_format)
         problem = constraint.violation(completion.text, completion.finish_reason) if constraint else None
         if problem:
@@ -600,11 +613,12 @@ class OpenAIBackend(Backend):
                 f"{problem}; {dialects.advice(info, constraint.sent_as)}")
         return completion
 
-    def _completion(self, request: GenerationRequest, payload: Any, base_url: str) -> Completion:
+    def _completion(self, request: GenerationRequest, payload: Any, base_url: str, route: str) -> Completion:
         text, choice = completion_text(payload)
         if text is None:
-            raise MentalGLMError(f"openai backend: {base_url}/completions: the answer has no choices[0].text "
-                                 "(is this an OpenAI-compatible completions endpoint?)")
+            field = "choices[0].message.content" if route == "/chat/completions" else "choices[0].text"
+            raise MentalGLMError(f"openai backend: {base_url}{route}: the answer has no {field} "
+                                 f"(is this an OpenAI-compatible {route.strip('/')} endpoint?)")
         usage = payload.get("usage") if isinstance(payload, dict) else None
         usage = {k: v for k, v in (usage or {}).items()
                  if k in ("prompt_tokens", "completion_tokens") and isinstance(v, int)}

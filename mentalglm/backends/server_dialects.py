@@ -33,7 +33,8 @@ from mentalglm.modelfiles.tokens import GLM4_STOP_TOKENS
 
 #: What the canary asks for: an answer nothing like the task format, so a server that ignores the
 #: constraint answers outside it (a real chat model writes the digits; a random tiny one, noise).
-CANARY_PROMPT = "[gMASK]<sop><|user|>\nReply with the digits 12345 and nothing else.<|assistant|>\n"
+CANARY_QUESTION = "Reply with the digits 12345 and nothing else."
+CANARY_PROMPT = f"[gMASK]<sop><|user|>\n{CANARY_QUESTION}<|assistant|>\n"
 #: Enough tokens for an unconstrained answer to leave the grammar, few enough to cost nothing.
 CANARY_TOKENS = 32
 

@@ -87,7 +87,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="what the backend loads: GGUF file, model directory, saved outputs…")
     parser.add_argument("--prompt", default="glm4-chat",
                         help="prompt style: glm4-chat (default), plain (base models), auto (the model's own chat "
-                             "template), or one a plugin adds")
+                             "template), server (the server applies its own; openai backend), chatml, qwen, llama-3, "
+                             "gemma, or one a plugin adds")
     parser.add_argument("--system", help="system message for chat prompt styles")
     parser.add_argument("-O", "--option", action="append", metavar="KEY=VALUE",
                         help="backend option, repeatable (see `mentalglm backends`)")

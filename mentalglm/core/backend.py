@@ -44,6 +44,8 @@ class GenerationRequest:
         max_new_tokens: overrides the backend's option when set.
         response_format: the task's answer format; backends whose ``constrained`` option is on
             decode only answers of that format (GBNF in llama.cpp, a byte-prefix test in torch).
+        messages: the chat turns (``{"role", "content"}``) when the server renders the prompt with
+            its own template (``--prompt server``); ``prompt`` then holds them as JSON.
     """
 
     id: str
@@ -51,6 +53,7 @@ class GenerationRequest:
     stop: tuple[str, ...] = ()
     max_new_tokens: int | None = None
     response_format: ResponseFormat | None = None
+    messages: tuple[dict, ...] | None = None
 
 
 @dataclass
@@ -198,6 +201,17 @@ class Backend(ABC):
     def context_length(self) -> int | None:
         """The context window the model runs with, or None if unknown."""
         return None
+
+    def render_on_server(self) -> None:
+        """``--prompt server``: send chat turns from now on and let the server apply its own chat template.
+
+        Raises:
+            MentalGLMError: a backend with no server to render for it (only ``openai`` has one).
+        """
+        from mentalglm.core.errors import MentalGLMError
+
+        raise MentalGLMError(f"--prompt server: backend '{self.name}' sends no chat messages to a server (the openai "
+                             "backend does); use --prompt auto for the model's own chat template")
 
     def chat_template(self):
         """The model's own chat template (a :class:`~mentalglm.core.prompt.ChatTemplate`), or None without one.

@@ -23,8 +23,12 @@ class PromptStyle:
         system_template: text put before ``template`` when a system message is given, with
             ``{system}`` for it; empty when the style has no system turn.
         stop: strings that end generation (chat turn markers).
-        prefix: the part of ``template`` before ``{content}`` that the model's tokenizer may
-            add by itself (``[gMASK]<sop>`` for GLM-4), so backends can avoid adding it twice.
+        prefix: the part of ``template`` that stays before the system turn when one is given
+            (``[gMASK]<sop>`` for GLM-4; Gemma, which has no system turn, puts the system text at
+            the head of the user turn).
+        default_system: the system text used when none is given (Qwen2.5's chat template has one).
+        trim: strip white space around the user turn and the system text, as the Llama 3 and
+            Gemma chat templates (and llama.cpp's renderings of them) do.
 
     Example:
         >>> GLM4_CHAT.render("判断帖子。", "好累")
@@ -37,6 +41,8 @@ class PromptStyle:
     system_template: str = ""
     stop: tuple[str, ...] = ()
     prefix: str = ""
+    default_system: str = ""
+    trim: bool = False
 
     def __post_init__(self):
         if not _NAME.match(self.name):
@@ -46,17 +52,27 @@ class PromptStyle:
 
     def content(self, instruction: str, post: str) -> str:
         """The user turn: the instruction, a new line, the post."""
-        return f"{instruction}\n{post}" if instruction else post
+        content = f"{instruction}\n{post}" if instruction else post
+        return content.strip() if self.trim else content
 
     def render(self, instruction: str, post: str, system: str | None = None) -> str:
         """The exact model input for one post (byte for byte what the backend receives)."""
         body = self.template.replace("{content}", self.content(instruction, post))
+        system = system or self.default_system
+        if system and self.trim:
+            system = system.strip()
         if system:
             if not self.system_template:
                 raise ValueError(f"prompt style {self.name!r} has no system turn")
             head, _, tail = body.partition(self.prefix) if self.prefix else ("", "", body)
             return head + self.prefix + self.system_template.replace("{system}", system) + tail
         return body
+
+    def messages(self, instruction: str, post: str, system: str | None = None) -> list[dict]:
+        """The chat turns of one post: the system message (when given) and the user turn."""
+        system = system or self.default_system
+        return ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": self.content(instruction, post)}]
 
 
 #: GLM-4 chat: ``[gMASK]<sop><|user|>\n{content}<|assistant|>\n``; stops at the next turn marker.
@@ -75,6 +91,50 @@ PLAIN = PromptStyle(
     description="Instruction and post as plain text, for base (non-chat) models",
     template="{content}\n",
 )
+
+# -- named styles of the common chat families, for models whose GGUF or tokenizer has no template ---
+# They write no BOS token: backends add it as the model asks (llama.cpp's own renderings of these
+# templates, which the tests compare against, leave it to the tokenizer too).
+
+#: ChatML (SmolLM2, Qwen, many fine-tunes): ``<|im_start|>user\n…<|im_end|>\n<|im_start|>assistant\n``.
+CHATML = PromptStyle(
+    name="chatml",
+    description="ChatML (<|im_start|>user … <|im_end|>), as SmolLM2, Qwen and many fine-tunes were tuned",
+    template="<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n",
+    system_template="<|im_start|>system\n{system}<|im_end|>\n",
+    stop=("<|im_end|>",),
+)
+
+#: Qwen2.5-Instruct: ChatML with the system message its template adds when none is given.
+QWEN = PromptStyle(
+    name="qwen",
+    description="Qwen2.5-Instruct: ChatML with Qwen's default system message when --system is not given",
+    template=CHATML.template, system_template=CHATML.system_template, stop=CHATML.stop,
+    default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.",
+)
+
+#: Llama 3 instruct: header-delimited turns ending in ``<|eot_id|>``, turns trimmed.
+LLAMA3 = PromptStyle(
+    name="llama-3",
+    description="Llama 3 instruct (<|start_header_id|>user<|end_header_id|> … <|eot_id|>)",
+    template="<|start_header_id|>user<|end_header_id|>\n\n{content}<|eot_id|>"
+             "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    system_template="<|start_header_id|>system<|end_header_id|>\n\n{system}<|eot_id|>",
+    stop=("<|eot_id|>",), trim=True,
+)
+
+#: Gemma instruct: ``<start_of_turn>user`` … ``<start_of_turn>model``; no system turn, so a system
+#: text opens the user turn, followed by a blank line.
+GEMMA = PromptStyle(
+    name="gemma",
+    description="Gemma instruct (<start_of_turn>user … <start_of_turn>model); --system opens the user turn",
+    template="<start_of_turn>user\n{content}<end_of_turn>\n<start_of_turn>model\n",
+    system_template="{system}\n\n", prefix="<start_of_turn>user\n",
+    stop=("<end_of_turn>",), trim=True,
+)
+
+#: The named styles, in the order ``mentalglm plugins`` lists them.
+NAMED_STYLES = (CHATML, QWEN, LLAMA3, GEMMA)
 
 
 # -- the model's own chat template (--prompt auto) -------------------------------------------------
@@ -189,13 +249,14 @@ class ChatTemplatePrompt(PromptStyle):
 
         if chat is None:
             raise MentalGLMError(f"{model}: the model has no chat template (GGUF tokenizer.chat_template, "
-                                 "tokenizer_config.json); use --prompt plain for a base model, or a named style")
+                                 "tokenizer_config.json); use --prompt plain for a base model, or a named style ("
+                                 f"{', '.join(style.name for style in NAMED_STYLES)})")
         try:
             prompt = cls.from_chat_template(chat)
             prompt.render("", "", system)  # a system turn the template refuses fails here, not mid-run
         except ChatTemplateError as exc:
             raise MentalGLMError(f"{model}: its chat template does not render ({exc}); use --prompt plain "
-                                 "or a named style") from None
+                                 f"or a named style ({', '.join(style.name for style in NAMED_STYLES)})") from None
         return prompt
 
     def render(self, instruction: str, post: str, system: str | None = None) -> str:
@@ -204,9 +265,7 @@ class ChatTemplatePrompt(PromptStyle):
         Raises:
             ChatTemplateError: the template refuses the messages (a system turn it does not have).
         """
-        messages = ([{"role": "system", "content": system}] if system else []) + [
-            {"role": "user", "content": self.content(instruction, post)}]
-        return render_chat_template(self.chat, messages)
+        return render_chat_template(self.chat, self.messages(instruction, post, system))
 
 
 #: ``--prompt auto``: a placeholder the Analyzer replaces by the loaded model's own chat template.
@@ -215,4 +274,28 @@ AUTO = PromptStyle(
     description="the model's own chat template (GGUF tokenizer.chat_template or the HF tokenizer's), rendered "
                 "as transformers renders it; refused for a model without one",
     template="{content}",
+)
+
+
+class ServerTemplatePrompt(PromptStyle):
+    """``--prompt server``: the server renders each post's chat turns with the template it serves.
+
+    Requests carry :meth:`messages` (``/v1/chat/completions``); :meth:`render` gives those turns as
+    JSON — what is sent, and what the run record's prompt digest covers. Only backends that talk
+    to a server can honour it (``Backend.render_on_server``).
+    """
+
+    def render(self, instruction: str, post: str, system: str | None = None) -> str:
+        """The chat turns as JSON (the run record's digest covers them; the server renders the text)."""
+        import json
+
+        return json.dumps(self.messages(instruction, post, system), ensure_ascii=False)
+
+
+#: ``--prompt server``: posts go to the server as chat messages and it applies its own template.
+SERVER = ServerTemplatePrompt(
+    name="server",
+    description="the server's own chat template: the openai backend sends system and user turns as messages "
+                "to /v1/chat/completions (the constraint still sent, canaried and checked)",
+    template="{content}", system_template="{system}",
 )

@@ -9,8 +9,9 @@ would (redaction is on by default: the file leaves the machine), the task's answ
 in that dialect's field (vLLM ``structured_outputs``, llama.cpp ``grammar``; the plain OpenAI
 dialect has none, so a constrained export there is refused), vLLM's ``stop_token_ids``. A
 GLM-4 chat prompt goes to ``/v1/chat/completions`` as its turns (``messages``; vLLM's batch
-runner takes nothing else, and GLM-4's chat template renders them back to the same text), any
-other prompt to ``/v1/completions``. The settings go to ``REQUESTS.run.json`` beside the file,
+runner takes nothing else, and GLM-4's chat template renders them back to the same text), and so
+do the turns of ``--prompt server`` (the server's template renders them); any other prompt goes
+to ``/v1/completions``. The settings go to ``REQUESTS.run.json`` beside the file,
 as a run record does.
 
 **Import.** Each result line (``custom_id``, ``response.status_code``, ``response.body``,
@@ -75,7 +76,7 @@ def export_requests(analyzer: Analyzer, posts: Iterable[Post], output: str | os.
         raise MentalGLMError("batch export --server openai: plain OpenAI completions take no grammar, so answers "
                              "cannot be constrained; add -O constrained=false to write unconstrained requests (their "
                              "answers are then parsed as they come)")
-    chat = chat_messages(analyzer.render(Post(id="probe", text="帖子"))) is not None
+    chat = analyzer.prompt.name == "server" or chat_messages(analyzer.render(Post(id="probe", text="帖子"))) is not None
     url = CHAT_URL if chat else COMPLETIONS_URL
     if iter(posts) is posts:  # a one-shot iterator cannot be read twice
         posts = list(posts)

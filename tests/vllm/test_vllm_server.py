@@ -167,6 +167,22 @@ def test_lora_adapter_by_served_name(vllm_server, pm):
         backend(vllm_server[0], adapter="nope").preflight(["0"])
 
 
+def test_prompt_server_lets_vllm_apply_its_template(vllm_server, pm):
+    """``--prompt server``: the turns go to vLLM's chat route with structured_outputs; the canary passes there,
+    and the greedy answers equal those of GLM-4's template rendered here (``glm4-chat`` on /v1/completions)."""
+    from mentalglm import Analyzer, Post
+
+    posts = [Post(id=str(i), text=t) for i, t in enumerate(POSTS)]
+    answers = {}
+    for prompt in ("server", "glm4-chat"):
+        with Analyzer(task="depression", backend="openai", model="tiny-glm", prompt=prompt, plugins=pm,
+                      options={"base_url": vllm_server[0], "max_new_tokens": 24}) as analyzer:
+            analyzer.backend.preflight([p.id for p in posts], response_format=analyzer.response_format)
+            answers[prompt] = [p.output for p in analyzer.analyze_many(posts)]
+    assert all(output.startswith("标签：") for output in answers["server"]), answers["server"]
+    assert [a.rstrip("\ufffd") for a in answers["server"]] == [a.rstrip("\ufffd") for a in answers["glm4-chat"]]
+
+
 def test_cli_evaluate_on_vllm(vllm_server, tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_text("".join(json.dumps({"id": f"p{i}", "text": post, "label": "抑郁" if i else "非抑郁"},
