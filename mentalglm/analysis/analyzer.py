@@ -25,7 +25,7 @@ from mentalglm.core.errors import MentalGLMError
 from mentalglm.core.files import digest
 from mentalglm.core.plugin_manager import PluginManager, get_plugin_manager
 from mentalglm.core.prediction import Post, Prediction, posts_digest
-from mentalglm.core.prompt import ChatTemplatePrompt, PromptStyle, ServerTemplatePrompt
+from mentalglm.core.prompt import POST_TEXT, ChatTemplatePrompt, PromptStyle, ServerTemplatePrompt
 from mentalglm.core.task import Task
 from mentalglm.data.readers import JsonlAppender, read_done_ids
 
@@ -141,6 +141,11 @@ class Analyzer:
         if self.confidence and "score_labels" not in self.backend.capabilities:
             raise MentalGLMError(f"--confidence: backend '{self.backend.name}' cannot score labels "
                                  "(it exposes no label-token probabilities); use llamacpp or torch")
+        if self.backend.reads_posts:  # the baseline classifies the post itself: no instruction, no template
+            if system:
+                self.close()
+                raise MentalGLMError(f"backend '{self.backend.name}' reads the post itself: --system does not apply")
+            self.prompt = POST_TEXT
         if self.prompt.name == "auto" and not isinstance(self.prompt, ChatTemplatePrompt):  # the placeholder
             self.prompt = self._model_prompt()
         if isinstance(self.prompt, ServerTemplatePrompt):
@@ -279,14 +284,21 @@ class Analyzer:
         if not self.explain:
             return [(self.response_format.render([best]), {}, s) for best, s in zip(chosen, scores)]
         leads = [self.response_format.explanation_lead([best]) for best in chosen]
-        completions = self.backend.generate([GenerationRequest(id=post.id, prompt=prompt + lead, stop=self.prompt.stop)
-                                             for (post, prompt), lead in zip(prepared, leads)])
+        if self.backend.reads_posts:
+            requests = [GenerationRequest(id=post.id, prompt=prompt, answer_labels=(best,),
+                                          response_format=self.response_format.for_post(post.text))
+                        for (post, prompt), best in zip(prepared, chosen)]
+        else:
+            requests = [GenerationRequest(id=post.id, prompt=prompt + lead, stop=self.prompt.stop)
+                        for (post, prompt), lead in zip(prepared, leads)]
+        completions = self.backend.generate(requests)
         return [(lead + c.text, dict(c.usage), s) for lead, c, s in zip(leads, completions, scores)]
 
     def _label_scores(self, prompts: Sequence[str]) -> list[dict[str, float]]:
         """Each label's log-likelihood after ``标签：``, for every prompt (one backend call)."""
         labels = list(self.task.label_names)
-        rows = self.backend.score_labels_batch([prompt + self.response_format.label_head for prompt in prompts], labels)
+        head = "" if self.backend.reads_posts else self.response_format.label_head
+        rows = self.backend.score_labels_batch([prompt + head for prompt in prompts], labels)
         return [dict(zip(labels, row)) for row in rows]
 
     def predict_from_output(self, post: Post, output: str, *, ground: bool = True) -> Prediction:

@@ -99,6 +99,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     from mentalglm.training.config import TrainConfig
 
     groups = {title: p.add_argument_group(title) for title in _GROUPS}
+    groups[_GROUPS[0]].add_argument(
+        "--backend", choices=("torch", "baseline"), default="torch",
+        help="torch (default): LoRA fine-tuning of --model; baseline: the supervised floor, character n-gram "
+             "TF-IDF + logistic regression of --task's labels, hyper-parameters by cross-validation on --data")
     _add_data_arguments(groups[_GROUPS[0]])
     add_data_arguments(p)  # the mapping flags every command that reads data shares
     flags = _setting_options()
@@ -170,6 +174,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     Raises:
         MentalGLMError: any mistake in input; the caller prints it on one line and exits 1.
     """
+    if args.backend == "baseline":
+        return _train_baseline(args)
     from mentalglm.training.loop import train
 
     result = train(config_from_args(args))
@@ -182,4 +188,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         loss = f"{result.final_loss:.4f}" if result.final_loss is not None else "-"
         print(f"trained {result.steps} steps, final loss {loss}; adapter in {result.adapter}")
+    return 0
+
+
+def _train_baseline(args: argparse.Namespace) -> int:
+    """``train --backend baseline``: fit and save the supervised floor; LoRA settings are refused, not ignored."""
+    from mentalglm.cli.common import plugins, print_json
+    from mentalglm.data.readers import read_posts
+    from mentalglm.training.baseline import train_baseline
+
+    given = [option for key, option in _setting_options().items()
+             if getattr(args, key, None) is not None and key not in ("task", "output", "seed", "quiet")]
+    if args.stage or args.config or given:
+        extra = (["--stage"] if args.stage else []) + (["--config"] if args.config else []) + given
+        raise MentalGLMError(f"{', '.join(extra)} {'does' if len(extra) == 1 else 'do'} not apply to --backend "
+                             "baseline (it takes --task, --data, --output and --seed)")
+    for needed, option in ((args.task, "--task"), (args.data, "--data"), (args.output, "--output")):
+        if not needed:
+            raise MentalGLMError(f"--backend baseline needs {option}")
+    task = plugins().task(args.task)
+    mapping = data_mapping(args)
+    posts = []
+    for path in args.data:
+        read = read_posts(path, task, mapping)
+        unlabelled = next((post for post in read if post.gold is None), None)
+        if unlabelled is not None:
+            raise MentalGLMError(f"{path}:{unlabelled.line}: field 'label': missing; the baseline trains on "
+                                 "labelled posts")
+        posts += read
+    record = train_baseline(task, posts, args.output, data=args.data, seed=args.seed or 0)
+    if args.json:
+        print_json(record)
+    else:
+        print(f"baseline for {task.name}: {record['posts']} posts, n-grams 1-{record['ngram_range'][1]}, "
+              f"C={record['C']:g} ({record['cv_folds']}-fold {record['cv_scorer']} {record['cv_score']:.4f} on the "
+              f"training posts), {record['features']} features, {record['seconds']:.1f} s; model in {record['model']}")
     return 0

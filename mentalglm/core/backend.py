@@ -46,6 +46,9 @@ class GenerationRequest:
             decode only answers of that format (GBNF in llama.cpp, a byte-prefix test in torch).
         messages: the chat turns (``{"role", "content"}``) when the server renders the prompt with
             its own template (``--prompt server``); ``prompt`` then holds them as JSON.
+        answer_labels: score mode's chosen labels, for a backend that reads posts (``reads_posts``):
+            it answers with what follows their explanation lead. A language model finds the lead
+            at the end of ``prompt`` instead.
     """
 
     id: str
@@ -54,6 +57,7 @@ class GenerationRequest:
     max_new_tokens: int | None = None
     response_format: ResponseFormat | None = None
     messages: tuple[dict, ...] | None = None
+    answer_labels: tuple[str, ...] | None = None
 
 
 @dataclass
@@ -113,6 +117,9 @@ class Backend(ABC):
     requires_model: ClassVar[bool] = True
     #: Whether post text is PII-redacted by default before it reaches this backend (remote servers).
     redacts_by_default: ClassVar[bool] = False
+    #: Whether the backend classifies the post text itself (the baseline): its prompts are the posts
+    #: alone (no instruction, no template) and score mode asks it for labels' scores directly.
+    reads_posts: ClassVar[bool] = False
 
     def __init__(self, model: str | None = None, options: BackendOptions | Mapping[str, Any] | None = None):
         if self.requires_model and not model:

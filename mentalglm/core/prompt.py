@@ -299,3 +299,16 @@ SERVER = ServerTemplatePrompt(
                 "to /v1/chat/completions (the constraint still sent, canaried and checked)",
     template="{content}", system_template="{system}",
 )
+
+
+class PostTextPrompt(PromptStyle):
+    """What a backend that classifies the post itself (``reads_posts``: the baseline) receives: the post alone."""
+
+    def render(self, instruction: str, post: str, system: str | None = None) -> str:
+        """The post text, without instruction or template."""
+        return post
+
+
+#: Chosen by the Analyzer for ``reads_posts`` backends, never by ``--prompt`` (not registered).
+POST_TEXT = PostTextPrompt(name="post", description="the post text alone, for backends that classify the post "
+                                                    "itself (baseline)", template="{content}")

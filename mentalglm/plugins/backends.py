@@ -12,3 +12,4 @@ def register_backends(register):
     register("openai", "mentalglm.backends.openai_backend:OpenAIBackend")
     register("torch", "mentalglm.backends.torch_backend:TorchBackend")
     register("llamacpp", "mentalglm.backends.llamacpp_backend:LlamaCppBackend")
+    register("baseline", "mentalglm.backends.baseline_backend:BaselineBackend")
