@@ -28,7 +28,7 @@ def _sklearn_pipeline(model: BaselineModel, texts, answers, labels):
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import MultiLabelBinarizer
 
-    linear = LogisticRegression(C=model.c, max_iter=5000)
+    linear = LogisticRegression(C=model.c, max_iter=5000, solver=model.cross_validation["solver"])
     pipeline = make_pipeline(TfidfVectorizer(analyzer="char", lowercase=False, sublinear_tf=True, dtype=np.float64,
                                              ngram_range=(1, model.ngram_max)),
                              OneVsRestClassifier(linear) if model.kind == "multi-label" else linear)
@@ -135,7 +135,8 @@ def test_cli_trains_and_refuses_lora_settings(tmp_path):
                      "-o", str(out), "--json")
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
-    assert record["posts"] == 67 and record["cv_scorer"] == "f1_weighted" and record["C"] in (1.0, 10.0, 100.0)
+    assert record["posts"] == 67 and record["cv_scorer"] == "f1[高自杀风险]"
+    assert record["C"] in (0.1, 1.0, 10.0, 100.0, 1000.0)
     assert json.loads((out / "train.json").read_text(encoding="utf-8")) == record
     refused = run_cli("train", "--backend", "baseline", "--task", "suicide-risk", "--data", "sample:suicide-risk",
                       "-o", str(out), "--lora-r", "8")

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -35,9 +36,10 @@ MODEL_FILE, WEIGHTS_FILE = "baseline.json", "weights.npz"
 FORMAT = "mentalglm-baseline/1"
 #: The grid cross-validation searches; small, so thousands of posts fit in seconds.
 NGRAM_MAX = (2, 3)
-C_VALUES = (1.0, 10.0, 100.0)
+C_VALUES = (0.1, 1.0, 10.0, 100.0, 1000.0)
 FOLDS = 5
-#: Task primary metric → scikit-learn scorer (anything else: weighted F1, micro F1 for multi-label).
+#: Task primary metric → scikit-learn scorer (``f1[LABEL]``: that label's F1; anything else: weighted F1,
+#: micro F1 for multi-label).
 _SCORERS = {"weighted_f1": "f1_weighted", "macro_f1": "f1_macro", "micro_f1": "f1_micro", "accuracy": "accuracy"}
 KINDS = ("single-label", "multi-label")
 
@@ -57,7 +59,7 @@ class BaselineModel:
             multi-label task one row per label (one-vs-rest).
         ngram_max: the longest n-gram (the shortest is one character).
         c: the inverse regularisation strength chosen.
-        cross_validation: how the hyper-parameters were chosen (folds, scorer, mean score per setting).
+        cross_validation: how the hyper-parameters were chosen (folds, scorer, solver, mean score per setting).
     """
 
     task: str
@@ -196,7 +198,10 @@ def fit_baseline(texts: Sequence[str], answers: Sequence[Sequence[str]], *, task
     if kind not in KINDS:
         raise MentalGLMError(f"the baseline classifies single-label and multi-label tasks; '{task}' is {kind}")
     labels = tuple(labels)
-    linear = LogisticRegression(max_iter=5000)
+    # liblinear is several times faster on sparse n-grams for the two-class problems (two labels, and
+    # each label of one-vs-rest); more labels need lbfgs's multinomial (softmax) model.
+    solver = "lbfgs" if kind == "single-label" and len(labels) > 2 else "liblinear"
+    linear = LogisticRegression(max_iter=5000, solver=solver)
     if kind == "single-label":
         y = np.array([labels.index(a[0]) for a in answers])
         counts = np.bincount(y, minlength=len(labels))
@@ -207,7 +212,7 @@ def fit_baseline(texts: Sequence[str], answers: Sequence[Sequence[str]], *, task
         k = int(min(folds, counts.min()))
         splitter = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
         classifier, grid_c = linear, "lr__C"
-        scorer = _SCORERS.get(primary_metric, "f1_weighted")
+        scorer = _scorer(primary_metric, labels, "f1_weighted")
     else:
         y = MultiLabelBinarizer(classes=list(labels)).fit_transform([list(a) for a in answers])
         k = int(min(folds, len(texts)))
@@ -215,12 +220,12 @@ def fit_baseline(texts: Sequence[str], answers: Sequence[Sequence[str]], *, task
             raise MentalGLMError("the baseline needs at least 2 training posts (cross-validation)")
         splitter = KFold(n_splits=k, shuffle=True, random_state=seed)
         classifier, grid_c = OneVsRestClassifier(linear), "lr__estimator__C"
-        scorer = _SCORERS.get(primary_metric, "f1_micro")
+        scorer = _scorer(primary_metric, labels, "f1_micro")
     pipeline = Pipeline([("tfidf", TfidfVectorizer(analyzer="char", lowercase=False, sublinear_tf=True,
                                                    dtype=np.float64)),
                          ("lr", classifier)])
     grid = {"tfidf__ngram_range": [(1, n) for n in NGRAM_MAX], grid_c: list(C_VALUES)}
-    search = GridSearchCV(pipeline, grid, cv=splitter, scoring=scorer, refit=True, n_jobs=1, error_score="raise")
+    search = GridSearchCV(pipeline, grid, cv=splitter, scoring=scorer[1], refit=True, n_jobs=1, error_score="raise")
     search.fit(list(texts), y)
     best = search.best_estimator_
     vectorizer, fitted = best.named_steps["tfidf"], best.named_steps["lr"]
@@ -228,12 +233,24 @@ def fit_baseline(texts: Sequence[str], answers: Sequence[Sequence[str]], *, task
     for gram, index in vectorizer.vocabulary_.items():
         vocabulary[index] = gram
     coef, intercept = _linear_parts(fitted, kind, len(labels), len(vocabulary))
-    cv = {"folds": k, "scorer": scorer, "seed": seed,
+    cv = {"folds": k, "scorer": scorer[0], "seed": seed, "solver": solver,
           "settings": [{"ngram_range": list(p["tfidf__ngram_range"]), "C": p[grid_c], "mean_score": round(float(s), 6)}
                        for p, s in zip(search.cv_results_["params"], search.cv_results_["mean_test_score"])]}
     return BaselineModel(task=task, kind=kind, labels=labels, vocabulary=vocabulary, idf=vectorizer.idf_.copy(),
                          coef=coef, intercept=intercept, ngram_max=search.best_params_["tfidf__ngram_range"][1],
                          c=float(search.best_params_[grid_c]), cross_validation=cv)
+
+
+def _scorer(primary_metric: str, labels: Sequence[str], default: str):
+    """``(name, scikit-learn scoring)`` for a task's primary metric: ``f1[LABEL]`` is that label's own F1."""
+    from sklearn.metrics import f1_score, make_scorer
+
+    match = re.fullmatch(r"f1\[(.+)\]", primary_metric or "")
+    if match and match.group(1) in labels:
+        index = list(labels).index(match.group(1))
+        return primary_metric, make_scorer(f1_score, labels=[index], average="macro", zero_division=0.0)
+    name = _SCORERS.get(primary_metric, default)
+    return name, name
 
 
 def _linear_parts(fitted, kind: str, n_labels: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:

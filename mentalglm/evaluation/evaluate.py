@@ -70,23 +70,17 @@ def evaluate(analyzer: Analyzer, posts: Sequence[Post], output_dir: str | Path, 
                            record=folder / "run.json", retry_hint="use another --output-dir or delete it")
     config = read_json(folder / "run.json", "run record")
     saved = read_done(folder / "predictions.jsonl")
-    # Score from the raw outputs on disk so resumed and fresh runs are scored identically.
-    responses = [task.parse(saved[p.id]["output"], strict=analyzer.strict_format) for p in posts]
-    golds = [p.gold for p in posts]
-    metrics = task.compute_metrics(golds, responses)
-    intervals, bootstrap_settings = statistics.metric_intervals(task, golds, responses, metrics,
-                                                                resamples=bootstrap, seed=seed)
+    score = score_predictions(task, posts, saved, strict_format=analyzer.strict_format, bootstrap=bootstrap, seed=seed)
+    responses, metrics, intervals = score["responses"], score["metrics"], score["intervals"]
     document = {
         **config,
-        "counts": {"posts": len(posts), "valid": metrics["n"] - metrics["invalid"], "invalid": metrics["invalid"],
-                   "without_label_line": sum(r.valid and not r.label_line for r in responses),
-                   "analysed_now": summary.analysed, "resumed": summary.skipped},
+        "counts": {**score["counts"], "analysed_now": summary.analysed, "resumed": summary.skipped},
         "primary_metric": task.primary_metric,
         "primary_value": metrics.get(task.primary_metric),
         "primary_interval": intervals.get(task.primary_metric),
         "metrics": metrics,
         "intervals": intervals,
-        "bootstrap": bootstrap_settings,
+        "bootstrap": score["bootstrap"],
         "versions": package_versions(),
         "time": {"finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                  "seconds": round(time.time() - started, 3)},
@@ -108,6 +102,26 @@ def evaluate(analyzer: Analyzer, posts: Sequence[Post], output_dir: str | Path, 
     write_json(folder / "metrics.json", document)
     (folder / "report.md").write_text(render_report(document), encoding="utf-8")
     return document
+
+
+def score_predictions(task, posts: Sequence[Post], saved: dict[str, dict], *, strict_format: bool = False,
+                      bootstrap: int = statistics.DEFAULT_RESAMPLES, seed: int = statistics.DEFAULT_SEED) -> dict:
+    """Score saved predictions (by post id) against the posts' gold answers: what a run and a re-score share.
+
+    Scoring reads the raw outputs on disk, so resumed, fresh and re-scored runs are scored identically.
+
+    Returns:
+        ``{"responses", "metrics", "intervals", "bootstrap", "counts"}`` (counts: posts, valid, invalid,
+        without_label_line).
+    """
+    responses = [task.parse(saved[p.id]["output"], strict=strict_format) for p in posts]
+    golds = [p.gold for p in posts]
+    metrics = task.compute_metrics(golds, responses)
+    intervals, settings = statistics.metric_intervals(task, golds, responses, metrics, resamples=bootstrap, seed=seed)
+    counts = {"posts": len(posts), "valid": metrics["n"] - metrics["invalid"], "invalid": metrics["invalid"],
+              "without_label_line": sum(r.valid and not r.label_line for r in responses)}
+    return {"responses": responses, "metrics": metrics, "intervals": intervals, "bootstrap": settings,
+            "counts": counts}
 
 
 def _fmt(value) -> str:

@@ -196,3 +196,39 @@ def test_prompt_server_lets_llama_server_apply_its_template(llama_server, task):
     # Cut by the token budget mid-character, the completions route ends on U+FFFD for the partial
     # bytes; the chat route holds them back. The tokens are the same.
     assert [a.rstrip("\ufffd") for a in answers["server"]] == [a.rstrip("\ufffd") for a in answers["auto"]]
+
+
+# -- the comparison across real models -----------------------------------------------------------
+def test_leaderboard_of_two_real_models_and_the_baseline(real_model, task, tmp_path):
+    """Gemma (plain), SmolLM2 (its own ChatML template) and the baseline on the same held-out posts: one table,
+    one column each, every answer in the format; --reuse gives the same files without loading a model."""
+    from mentalglm.data.readers import read_posts
+    from mentalglm.evaluation.leaderboard import OUTPUTS, TaskData, run_leaderboard
+    from mentalglm.evaluation.registry import load_registry
+    from mentalglm.training.baseline import train_baseline
+
+    posts = read_posts("sample:suicide-risk", task)
+    train, test = [p for i, p in enumerate(posts) if i % 3], [p for i, p in enumerate(posts) if not i % 3][:16]
+    train_baseline(task, train, tmp_path / "floor", data=["sample:suicide-risk"])
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps({"id": p.id, "text": p.text, "label": p.gold[0]}, ensure_ascii=False) + "\n"
+                            for p in test), encoding="utf-8")
+    options = "{parallel: 4, n_ctx: 1024, max_new_tokens: 32}"
+    (tmp_path / "models.yaml").write_text(
+        "reference: baseline\nmodels:\n"
+        f"  - {{name: gemma-3-270m, backend: llamacpp, model: {real_model(GEMMA)}, prompt: plain, "
+        f"options: {options}}}\n"
+        f"  - {{name: smollm2-135m, backend: llamacpp, model: {real_model(SMOLLM2)}, prompt: auto, "
+        f"options: {options}}}\n"
+        "  - {name: baseline, backend: baseline, model: floor}\n", encoding="utf-8")
+    registry = load_registry(tmp_path / "models.yaml")
+    tasks = [TaskData(task, str(data), read_posts(data, task))]
+    document = run_leaderboard(registry, tasks, tmp_path / "board", bootstrap=200)
+    results = document["tasks"][0]["results"]
+    assert document["models"] == ["gemma-3-270m", "smollm2-135m", "baseline"]
+    assert all(r["status"] == "ok" and r["invalid_rate"] == 0.0 for r in results.values()), results
+    assert all(r["posts_per_second"] > 0 for r in results.values())
+    assert results["gemma-3-270m"]["versus_reference"]["mcnemar_p"] is not None
+    written = {name: (tmp_path / "board" / name).read_bytes() for name in OUTPUTS}
+    run_leaderboard(registry, tasks, tmp_path / "board", reuse=True, bootstrap=200)
+    assert {name: (tmp_path / "board" / name).read_bytes() for name in OUTPUTS} == written
