@@ -7,7 +7,7 @@ import logging
 import random
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -730,6 +730,19 @@ def test_analyzer_redacts_before_sending(fake, pm):
                   redact=False) as a:
         a.analyze(text)
     assert text in fake.bodies[1]["prompt"]
+
+
+def test_per_post_constraints_are_kept_bounded(fake, tasks):
+    """Tasks with evidence make one answer format per post: the cache keeps the recent ones, not all."""
+    from mentalglm.backends.openai_backend import CONSTRAINTS_KEPT
+
+    with_evidence = replace(tasks["depression"].response_format(), evidence_prefix="依据")
+    formats = [with_evidence.for_post(f"帖子{i}：整夜睡不着") for i in range(CONSTRAINTS_KEPT + 40)]
+    fake.act_as("llama-server").reply = lambda body, n: Reply(body={"choices": [{"text": "", "finish_reason": "length"}]})
+    b = backend(fake.url, concurrency=4)
+    b.generate([request(i, response_format=fmt) for i, fmt in enumerate(formats)])
+    assert len({body["grammar"] for body in fake.bodies}) == len(formats)  # each post got its own grammar
+    assert len(b._constraints) == CONSTRAINTS_KEPT
 
 
 # -- --prompt server: the server applies its own chat template ---------------------------------------

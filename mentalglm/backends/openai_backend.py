@@ -18,6 +18,7 @@ import os
 import re
 import threading
 import urllib.parse
+from collections import OrderedDict
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from typing import Any, Iterable, Literal, Sequence
 
@@ -33,9 +34,11 @@ from mentalglm.core.response_format import ResponseFormat
 
 log = logging.getLogger(__name__)
 
+#: Constraints kept (least recently used dropped): tasks with evidence make one per post.
+CONSTRAINTS_KEPT = 64
 #: Request fields the backend sets itself (``extra_body`` may not replace them): the constraint
 #: fields among them, because a constraint the backend did not send is one it cannot vouch for.
-OWN_FIELDS = frozenset({"model", "prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
+OWN_FIELDS = frozenset({"model", "prompt", "messages", "max_tokens", "temperature", "top_p", "seed", "stop", "stream",
                         "grammar", "structured_outputs", "response_format", "stop_token_ids", "add_special_tokens"})
 #: ``server=`` spellings people use for the llama.cpp dialect.
 _SERVER_ALIASES = {"llamacpp": "llama.cpp", "llama-cpp": "llama.cpp", "llama_cpp": "llama.cpp",
@@ -256,7 +259,8 @@ class OpenAIBackend(Backend):
                                 trust_env_proxy=opts.trust_env_proxy)
         self._server: ServerInfo | None = None
         self._stop_ids: list[int] | None = None
-        self._constraints: dict[ResponseFormat, Constraint] = {}
+        self._constraints: OrderedDict[ResponseFormat, Constraint] = OrderedDict()
+        self._constraints_lock = threading.Lock()  # the worker threads share the cache
         self._lock = threading.Lock()
         self._chat = False  # --prompt server: every request (the canary too) goes to /chat/completions
 
@@ -453,7 +457,10 @@ class OpenAIBackend(Backend):
         opts = self.options
         if fmt is None or not opts.constrained:
             return None
-        made = self._constraints.get(fmt)
+        with self._constraints_lock:
+            made = self._constraints.get(fmt)
+            if made is not None:
+                self._constraints.move_to_end(fmt)
         if made is None:
             info = self._connect()
             try:
@@ -465,7 +472,10 @@ class OpenAIBackend(Backend):
                     f"({'server option' if info.forced else info.signs}), whose /completions takes no grammar, so "
                     "answers cannot be constrained; set server=vllm or server=llama.cpp if it is one of those, or "
                     "constrained=false to run unconstrained") from None
-            self._constraints[fmt] = made
+            with self._constraints_lock:
+                self._constraints[fmt] = made
+                if len(self._constraints) > CONSTRAINTS_KEPT:  # evidence formats are per post: keep the recent
+                    self._constraints.popitem(last=False)
         return made
 
     def _constraint_name(self, info: ServerInfo) -> str | None:
