@@ -738,7 +738,7 @@ def test_per_post_constraints_are_kept_bounded(fake, tasks):
 
     with_evidence = replace(tasks["depression"].response_format(), evidence_prefix="依据")
     formats = [with_evidence.for_post(f"帖子{i}：整夜睡不着") for i in range(CONSTRAINTS_KEPT + 40)]
-    fake.act_as("llama-server").reply = lambda body, n: Reply(body={"choices": [{"text": "", "finish_reason": "length"}]})
+    fake.act_as("llama-server").reply = answering("", finish_reason="length")
     b = backend(fake.url, concurrency=4)
     b.generate([request(i, response_format=fmt) for i, fmt in enumerate(formats)])
     assert len({body["grammar"] for body in fake.bodies}) == len(formats)  # each post got its own grammar
