@@ -186,11 +186,25 @@ def test_problem_rows_are_reported_counted_and_never_dropped(tmp_path, data, pm)
     assert "13812345678" not in cli.stderr + cli.stdout and "失眠" not in cli.stderr
 
 
-def test_import_without_requests_checks_less_and_says_so(tmp_path, pm, caplog):
-    results = write(tmp_path / "results.jsonl", [result("x", "好的", chat=False)])
-    summary = import_results(pm.task("depression"), results, tmp_path / "p.jsonl", plugins=pm)
-    assert summary["imported"] == 1 and summary["missing"] is None and not lines(tmp_path / "p.jsonl")[0]["valid"]
-    assert "without --requests" in caplog.text
+def test_import_without_requests_is_refused_unless_unchecked_and_then_marked(tmp_path, pm, caplog):
+    from mentalglm.evaluation.evaluate import evaluate
+
+    results = write(tmp_path / "results.jsonl", [result("x", "标签：抑郁\n解释：失眠。", chat=False)])
+    out = tmp_path / "p.jsonl"
+    with pytest.raises(MentalGLMError, match="without --requests the custom_ids cannot be checked.*--unchecked"):
+        import_results(pm.task("depression"), results, out, plugins=pm)
+    assert not out.exists()
+    summary = import_results(pm.task("depression"), results, out, unchecked=True, plugins=pm)
+    assert summary["imported"] == 1 and summary["missing"] is None
+    assert lines(out)[0]["unchecked"] is True and "marked unchecked" in caplog.text
+    assert json.loads((tmp_path / "p.jsonl.run.json").read_text(encoding="utf-8"))["unchecked"] is True
+    # re-scored with replay, metrics.json counts the unchecked answers
+    with Analyzer("depression", backend="replay", model=str(out), plugins=pm) as analyzer:
+        document = evaluate(analyzer, [Post(id="x", text="失眠", gold=("抑郁",))], tmp_path / "run", data="gold",
+                            progress=False, bootstrap=0)
+    assert document["backend_stats"] == {"unchecked_outputs": 1}
+    code = main(["batch", "import", str(results), "--task", "depression", "-o", str(tmp_path / "q.jsonl")])
+    assert code == 1
 
 
 def test_import_refuses_a_changed_requests_file_another_task_or_other_settings(tmp_path, data, pm):

@@ -40,6 +40,8 @@ class ReplayBackend(Backend):
         super().__init__(model, options)
         self.path = resolve_path(model)
         self._outputs: dict[str, str] = {}
+        self._unchecked: set[str] = set()  # lines a batch import marked unchecked
+        self._used_unchecked: set[str] = set()
         key = self.options.output_field
         for line, obj in iter_json_objects(self.path):
             if "id" not in obj or isinstance(obj["id"], (dict, list, bool)) or obj["id"] is None:
@@ -50,6 +52,8 @@ class ReplayBackend(Backend):
             if post_id in self._outputs:
                 raise DataError(self.path, line, "id", f"duplicate id '{post_id}'")
             self._outputs[post_id] = obj[key]
+            if obj.get("unchecked") is True:
+                self._unchecked.add(post_id)
         if not self._outputs:
             raise DataError(self.path, None, None, "no saved outputs found")
 
@@ -66,4 +70,9 @@ class ReplayBackend(Backend):
     def generate(self, requests: Sequence[GenerationRequest]) -> list[Completion]:
         """The saved output for each request's id."""
         self._check([r.id for r in requests])
+        self._used_unchecked.update(r.id for r in requests if r.id in self._unchecked)
         return [Completion(r.id, self._outputs[r.id], finish_reason="replay") for r in requests]
+
+    def run_stats(self) -> dict:
+        """How many replayed outputs a batch import marked unchecked (none: nothing to say)."""
+        return {"unchecked_outputs": len(self._used_unchecked)} if self._used_unchecked else {}

@@ -52,7 +52,7 @@ def cmd_batch_import(args) -> int:
 
     pm = get_plugin_manager()
     summary = import_results(pm.task(args.task), args.results, args.output, requests=args.requests,
-                             strict_format=args.strict_format, plugins=pm)
+                             strict_format=args.strict_format, unchecked=args.unchecked, plugins=pm)
     if args.json:
         print_json(summary)
     else:
@@ -102,7 +102,10 @@ def add_parser(sub) -> None:
     p.add_argument("results", metavar="RESULTS.jsonl", help="the batch runner's output file")
     p.add_argument("--task", required=True, help="task name or task file")
     p.add_argument("--requests", metavar="REQUESTS.jsonl",
-                   help="the exported requests: custom_ids and answers are checked against them (recommended)")
+                   help="the exported requests: custom_ids and answers are checked against them (needed unless "
+                        "--unchecked)")
+    p.add_argument("--unchecked", action="store_true",
+                   help="import without --requests: nothing is checked and every prediction is marked unchecked")
     p.add_argument("-o", "--output", required=True, metavar="PREDICTIONS.jsonl",
                    help="append predictions here; reruns add only what is new")
     p.add_argument("--strict-format", action="store_true",

@@ -141,7 +141,7 @@ def _error_text(obj: dict) -> str | None:
 
 def import_results(task, results: str | os.PathLike, output: str | os.PathLike, *,
                    requests: str | os.PathLike | None = None, strict_format: bool = False,
-                   plugins=None) -> dict:
+                   unchecked: bool = False, plugins=None) -> dict:
     """Append the predictions of a Batch API results file to ``output`` (idempotent, resumable).
 
     Args:
@@ -150,8 +150,11 @@ def import_results(task, results: str | os.PathLike, output: str | os.PathLike, 
         output: the predictions JSONL (``analyze --output`` format), with ``OUTPUT.run.json``.
         requests: the exported requests file: custom_ids are checked against it, answers against
             the constraint it sent, and its settings go into the run record. Without it neither
-            check can be made (a warning says so).
+            check can be made, so the import is refused unless ``unchecked``.
         strict_format: only answers with a label line count as valid.
+        unchecked: import without ``requests``: every prediction is marked ``"unchecked": true``
+            (and the run record says so), and re-scoring them with ``replay`` counts them in
+            ``metrics.json`` (``backend_stats.unchecked_outputs``).
         plugins: the plugin manager (``on_prediction`` fires for each new prediction).
 
     Returns:
@@ -161,14 +164,20 @@ def import_results(task, results: str | os.PathLike, output: str | os.PathLike, 
         ``errors_file``.
 
     Raises:
-        MentalGLMError: the output holds predictions made with other settings, or the
-            requests file does not match its record or the task.
+        MentalGLMError: no ``requests`` and not ``unchecked``, the output holds predictions made with
+            other settings, or the requests file does not match its record or the task.
     """
     results, output = Path(results), Path(output)
+    if requests is None and not unchecked:
+        raise MentalGLMError("batch import: without --requests the custom_ids cannot be checked against what was "
+                             "sent, nor the answers against the constraint; give --requests REQUESTS.jsonl, or "
+                             "--unchecked to import them marked unchecked")
+    if requests is not None and unchecked:
+        raise MentalGLMError("batch import: --unchecked is for imports without --requests; with it every row is checked")
     record, known = _export_record(Path(requests), task) if requests is not None else (None, None)
     if record is None:
-        log.warning("batch import without --requests: custom_ids are not checked against what was sent, nor the "
-                    "answers against the constraint")
+        log.warning("batch import --unchecked: custom_ids are not checked against what was sent, nor the answers "
+                    "against the constraint; the predictions are marked unchecked")
     constraint = None
     options = (record or {}).get("options") or {}
     if record is not None and options.get("constrained"):
@@ -180,7 +189,7 @@ def import_results(task, results: str | os.PathLike, output: str | os.PathLike, 
     analyzer = Analyzer(task, backend=holder, strict_format=strict_format, plugins=plugins)
     done = read_done_ids(output)
     settings = {"source": "batch import", "task": task.name, "task_sha256": digest(task.describe()),
-                "strict_format": strict_format, "export": record}
+                "strict_format": strict_format, "export": record, **({"unchecked": True} if unchecked else {})}
     run_record.claim(run_record.sidecar_path(output), settings, output=output, has_predictions=bool(done),
                      retry_hint="use another -o or delete it and its .run.json")
     problems: list[dict] = []
@@ -226,7 +235,7 @@ def import_results(task, results: str | os.PathLike, output: str | os.PathLike, 
             usage = body.get("usage") if isinstance(body, dict) else None
             prediction.usage = {k: v for k, v in (usage or {}).items()
                                 if k in ("prompt_tokens", "completion_tokens") and isinstance(v, int)}
-            sink.write(prediction.to_dict())
+            sink.write({**prediction.to_dict(), **({"unchecked": True} if unchecked else {})})
             analyzer.plugins.notify_prediction(prediction, task)
             done.add(custom_id)
             imported += 1
