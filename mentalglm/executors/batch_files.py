@@ -173,7 +173,8 @@ def import_results(task, results: str | os.PathLike, output: str | os.PathLike, 
                              "sent, nor the answers against the constraint; give --requests REQUESTS.jsonl, or "
                              "--unchecked to import them marked unchecked")
     if requests is not None and unchecked:
-        raise MentalGLMError("batch import: --unchecked is for imports without --requests; with it every row is checked")
+        raise MentalGLMError("batch import: --unchecked is for imports without --requests; with it every row is "
+                             "checked")
     record, known = _export_record(Path(requests), task) if requests is not None else (None, None)
     if record is None:
         log.warning("batch import --unchecked: custom_ids are not checked against what was sent, nor the answers "
