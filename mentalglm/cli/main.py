@@ -13,14 +13,28 @@ import sys
 import warnings
 from typing import Sequence
 
-from mentalglm.cli import analyze, batch, bench, catalog, data, evaluate, leaderboard, models, quickstart, review, train
+from mentalglm.cli import (
+    analyze,
+    batch,
+    bench,
+    catalog,
+    data,
+    evaluate,
+    leaderboard,
+    models,
+    quickstart,
+    review,
+    serve,
+    train,
+)
 from mentalglm.core.errors import MentalGLMError
 
 EXIT_USER_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 #: The command modules, in the order ``mentalglm --help`` lists their commands.
-COMMAND_MODULES = (catalog, analyze, evaluate, leaderboard, train, data, review, batch, models, quickstart, bench)
+COMMAND_MODULES = (catalog, analyze, evaluate, leaderboard, train, data, review, batch, serve, models, quickstart,
+                   bench)
 
 
 def build_parser() -> argparse.ArgumentParser:

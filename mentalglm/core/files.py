@@ -67,3 +67,39 @@ def digest(value: Any) -> str:
     """SHA-256 of a JSON-serialisable value (keys sorted), for fingerprints of settings."""
     text = json.dumps(value, ensure_ascii=False, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+#: Where content digests are remembered by (path, size, mtime): a 6 GB GGUF is hashed once, not per run.
+DIGEST_CACHE = Path(os.environ.get("MENTALGLM_CACHE") or Path.home() / ".cache" / "mentalglm") / "digests.json"
+
+
+def content_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file, or of a folder's files (relative names and each file's digest, in order).
+
+    Digests are remembered by absolute path, size and modification time in :data:`DIGEST_CACHE`,
+    so an unchanged model is not read again; a file rewritten in place gets a new mtime and is.
+    """
+    path = Path(path).resolve()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        listing = [[p.relative_to(path).as_posix(), content_sha256(p)] for p in files]
+        return digest(listing)
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    try:
+        cache = json.loads(DIGEST_CACHE.read_text(encoding="utf-8"))
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    if isinstance(cache.get(key), str):
+        return cache[key]
+    value = file_sha256(path)
+    cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}  # the file's older versions
+    cache[key] = value
+    try:
+        DIGEST_CACHE.parent.mkdir(parents=True, exist_ok=True)
+        write_json(DIGEST_CACHE, cache, indent=None)
+    except OSError:
+        pass  # a read-only home: the digest is still right, only not remembered
+    return value

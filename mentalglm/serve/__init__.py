@@ -1,0 +1,1 @@
+"""``mentalglm serve``: the analysis as an HTTP service (the ``[serve]`` extra: FastAPI and uvicorn)."""
