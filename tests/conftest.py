@@ -245,10 +245,11 @@ def llama_server(exported, tmp_path_factory):
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """In the real-weights stage (``MENTALGLM_REAL_MODELS`` set), a skipped real-model test fails instead:
-    the stage that set the engine up must not pass on nothing."""
+    """In the real-weights stage (``MENTALGLM_REAL_MODELS`` set) and the browser stage (``MENTALGLM_BROWSER``),
+    a skipped test of that stage fails instead: the stage that set the engine up must not pass on nothing."""
     outcome = yield
     report = outcome.get_result()
-    if os.environ.get("MENTALGLM_REAL_MODELS") and report.skipped and "real_models" in str(item.fspath):
-        report.outcome = "failed"
-        report.longrepr = f"skipped although MENTALGLM_REAL_MODELS is set: {report.longrepr}"
+    for variable, folder in (("MENTALGLM_REAL_MODELS", "real_models"), ("MENTALGLM_BROWSER", "browser")):
+        if os.environ.get(variable) and report.skipped and folder in str(item.fspath):
+            report.outcome = "failed"
+            report.longrepr = f"skipped although {variable} is set: {report.longrepr}"
