@@ -15,13 +15,12 @@ import pytest
 pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
 pytest.importorskip("uvicorn", reason="the service needs the [serve] extra")
 
-from served import HIGH, LOW, build_floor, gate, serve  # noqa: E402
-
 from mentalglm.core.errors import MentalGLMError  # noqa: E402
 from mentalglm.serve.app import AuditLog  # noqa: E402
 from mentalglm.serve.engine import Engine, ServeSettings  # noqa: E402
 from mentalglm.serve.metrics import Metrics  # noqa: E402
 from mentalglm.serve.moderation import CATEGORIES  # noqa: E402
+from served import HIGH, LOW, build_floor, gate, serve  # noqa: E402
 
 
 @pytest.fixture(scope="module")

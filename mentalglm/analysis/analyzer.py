@@ -188,7 +188,8 @@ class Analyzer:
         server = getattr(self.backend, "server_info", None)
         return {**({"server": server} if server is not None else {}),
                 "task": self.task.name, "task_sha256": digest(self.task.describe()),
-                "backend": self.backend.name, "model": self.backend.model, "prompt": self.prompt.name,
+                "backend": self.backend.name, "model": self.backend.model, "model_identity": self.backend.identity(),
+                "prompt": self.prompt.name,
                 "prompt_sha256": digest(self.prompt.render("{instruction}", "{post}", self.system)),
                 "system": self.system, "mode": self.mode, "explain": self.explain if self.mode == "score" else None,
                 "redact": self.redact, "strict_format": self.strict_format,

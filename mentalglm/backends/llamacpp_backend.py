@@ -229,6 +229,13 @@ class LlamaCppBackend(Backend):
         """The context window of one post (with parallel sequences: of each sequence)."""
         return self._decoder.context.n_ctx_seq if self._decoder else self.llm.n_ctx()
 
+    def identity(self) -> dict:
+        """The GGUF's digest, the parallel sequences in effect (answers of quantized files can differ between
+        1 and 8) and the llama-cpp-python version."""
+        import llama_cpp
+
+        return {**super().identity(), "parallel": self.parallel, "llama_cpp_python": llama_cpp.__version__}
+
     def chat_template(self):
         """The GGUF's ``tokenizer.chat_template``, with its BOS and EOS tokens as text; None without one."""
         from mentalglm.core.prompt import ChatTemplate

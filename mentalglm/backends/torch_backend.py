@@ -570,6 +570,23 @@ class TorchBackend(Backend):
             self._bos_id = bos if bos is not None and probe[:1] == [bos] else None
         return self._bos_id
 
+    def identity(self) -> dict:
+        """The model's and the adapter's digests, the device and dtype resolved from ``auto``, and the engine
+        versions: a CPU float32 run is not resumed on a GPU in bfloat16."""
+        import importlib.metadata
+
+        from mentalglm.core.files import content_sha256
+
+        adapter = self.options.adapter
+        versions = {}
+        for package in ("torch", "transformers", "peft"):
+            try:
+                versions[package] = importlib.metadata.version(package)
+            except importlib.metadata.PackageNotFoundError:
+                versions[package] = None
+        return {**super().identity(), "adapter_sha256": content_sha256(adapter) if adapter else None,
+                "device": str(getattr(self, "device", None)), "dtype": str(getattr(self, "dtype", None)), **versions}
+
     def chat_template(self):
         """The tokenizer's chat template (``tokenizer_config.json`` / ``chat_template.jinja``); None without one."""
         return tokenizer_chat_template(self.tokenizer, str(self.model or "the model"))

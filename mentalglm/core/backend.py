@@ -209,6 +209,22 @@ class Backend(ABC):
         """The context window the model runs with, or None if unknown."""
         return None
 
+    def identity(self) -> dict:
+        """What a run record keeps of the loaded model beyond its options, JSON-ready.
+
+        The model's content (SHA-256 of the file, or of a folder's files; cached by path, size and
+        mtime, so a big file is read once), so a re-exported GGUF or a retrained adapter at the same
+        path is not resumed into old predictions. Backends add what they resolve at load time and
+        what changes answers (device, dtype, effective parallel sequences, engine versions).
+        """
+        from pathlib import Path
+
+        from mentalglm.core.files import content_sha256
+
+        model = self.model
+        local = bool(model) and not str(model).startswith(("sample:", "hf:")) and Path(model).exists()
+        return {"model_sha256": content_sha256(model) if local else None}
+
     def render_on_server(self) -> None:
         """``--prompt server``: send chat turns from now on and let the server apply its own chat template.
 

@@ -18,7 +18,8 @@ pytestmark = [pytest.mark.browser,
                                  reason="set MENTALGLM_BROWSER=1 with chromium and chromium-driver installed "
                                         "(.ci/browser.sh)")]
 
-HOSTILE_POST = "我不想活了<script>window.__pwned = 'post-script'</script><img src=x onerror=\"window.__pwned='post-img'\">"
+HOSTILE_POST = ("我不想活了<script>window.__pwned = 'post-script'</script>"
+                "<img src=x onerror=\"window.__pwned='post-img'\">")
 HOSTILE_EXPLANATION = "<img src=x onerror=\"window.__pwned='explanation'\"><b>加粗</b>"
 
 
