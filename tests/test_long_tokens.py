@@ -31,3 +31,33 @@ def test_every_byte_of_a_long_token_reaches_the_text(big_vocab_model):
     with LlamaCppBackend(str(gguf), {"n_ctx": 256, "parallel": 1}) as backend:
         sequence = long_ids[:5] + [tokenizer.convert_tokens_to_ids("<|user|>")] + long_ids[5:10]
         assert backend._detokenize(sequence) == tokenizer.decode(sequence)
+
+
+def test_llama_cpp_python_server_loses_long_pieces_and_the_openai_backend_says_so(big_vocab_model, tmp_path, caplog):
+    """llama-cpp-python's server, on a vocabulary with tokens over 32 bytes: its detokenize returns less than the
+    text it tokenized (what its answers lose too), so the openai backend names it and what to use instead."""
+    import json
+    import urllib.request
+
+    from transformers import AutoTokenizer
+
+    from conftest import llama_server_process
+    from mentalglm.backends.openai_backend import OpenAIBackend
+
+    folder, gguf = big_vocab_model
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    text = tokenizer.decode([i for i in range(len(tokenizer)) if len(tokenizer.decode([i]).encode()) > 32][:3])
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def post(url, body):
+        request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+        return json.loads(opener.open(request, timeout=60).read())
+
+    with llama_server_process(gguf, tmp_path) as (base_url, _):
+        root = base_url[: -len("/v1")]
+        tokens = post(f"{root}/extras/tokenize", {"input": text})["tokens"]
+        assert len(tokens) == 3
+        assert post(f"{root}/extras/detokenize", {"tokens": tokens})["text"] != text  # the pieces are lost
+        OpenAIBackend("m", {"base_url": base_url}).server_info  # noqa: B018 -- identifies the server
+    assert "drops token pieces longer than 32 bytes" in caplog.text
+    assert "llama-server" in caplog.text and "vLLM" in caplog.text

@@ -509,6 +509,15 @@ def test_canary_judges_what_could_come_from_the_grammar(fake, text, finish_reaso
         backend(fake.url).preflight(["1"])
 
 
+def test_a_llama_cpp_python_server_is_named_with_what_to_use_instead(fake, caplog):
+    fake.act_as("llama-cpp-python").reply = answering("12345")
+    b = backend(fake.url)
+    with pytest.raises(MentalGLMError) as info:
+        b.preflight(["1"])
+    assert str(info.value).endswith(dialects.LONG_PIECES)
+    assert caplog.text.count("drops token pieces longer than 32 bytes") == 1  # once, when it is identified
+
+
 def test_canary_on_vllm_spoken_to_as_llama_cpp_says_which_dialect_to_use(fake):
     fake.act_as("vllm").reply = answering("12345")  # vLLM ignores the unknown field 'grammar' (HTTP 200)
     with pytest.raises(MentalGLMError) as info:

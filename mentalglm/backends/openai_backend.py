@@ -315,6 +315,8 @@ class OpenAIBackend(Backend):
                     log.warning("openai backend: option grammar_field is deprecated for %s: server=llama.cpp sends "
                                 "the grammar as 'grammar', server=vllm as structured_outputs (server=auto picks "
                                 "one)", info.describe())
+                if info.engine == "llama-cpp-python":
+                    log.warning("openai backend: %s is %s: %s", self.base_url, info.describe(), dialects.LONG_PIECES)
                 self._stop_ids = stop_ids
                 self._server = info
             return self._server

@@ -247,6 +247,13 @@ def stop_token_texts() -> tuple[str, ...]:
     return GLM4_STOP_TOKENS
 
 
+#: llama-cpp-python's server loses token pieces longer than 32 bytes (its detokenize buffer): with a real
+#: 151k vocabulary, whose tokens reach eleven Chinese characters and more, answers lose text.
+LONG_PIECES = ("llama-cpp-python's server drops token pieces longer than 32 bytes (tokens of eleven or more "
+               "Chinese characters, which MentalGLM's 151k vocabulary has), so its answers can lose text; serve "
+               "the GGUF with llama.cpp's own llama-server or with vLLM instead")
+
+
 def advice(info: ServerInfo, sent_as: str) -> str:
     """What to change when a server did not enforce a constraint sent as ``sent_as``."""
     detected = info.detected_dialect
@@ -257,6 +264,8 @@ def advice(info: ServerInfo, sent_as: str) -> str:
     if dialect in _OWN_FIELD and sent_as.split(".")[0] != _OWN_FIELD[dialect]:  # grammar_field put it elsewhere
         return (f"{info.describe()} takes constraints in {_OWN_FIELD[dialect]}, not {sent_as}: drop grammar_field "
                 f"(deprecated) and set server={dialect} or server=auto")
+    if info.engine == "llama-cpp-python":
+        return LONG_PIECES
     if info.dialect == "vllm":
         return ("vLLM 0.12+ reads only structured_outputs; check the server's structured-outputs backend and its log, "
                 "or set constrained=false to run unconstrained (answers are then parsed as they come)")
