@@ -15,7 +15,8 @@ from mentalglm.core.errors import MentalGLMError
 from mentalglm.core.plugin_manager import get_plugin_manager
 from mentalglm.core.prediction import posts_digest
 from mentalglm.data.readers import iter_records, read_posts
-from mentalglm.review.agreement import cohen_kappa, krippendorff_alpha, majority_labels, review_stats
+from mentalglm.evaluation.statistics import cohen_kappa
+from mentalglm.review.agreement import krippendorff_alpha, majority_labels, review_stats
 from mentalglm.review.label_studio import (
     DIMENSIONS,
     Scale,

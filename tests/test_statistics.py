@@ -71,6 +71,29 @@ def test_kappa_equals_sklearn_on_random_labels(seed):
         assert st.cohen_kappa(first, second) == pytest.approx(cohen_kappa_score(first, second), abs=1e-12)
 
 
+@pytest.mark.parametrize("weights", ["linear", "quadratic"])
+@pytest.mark.parametrize("seed", range(3))
+def test_weighted_kappa_equals_sklearn_on_random_ratings(seed, weights):
+    rng = random.Random(seed)
+    first = [rng.randint(1, 5) for _ in range(200)]
+    second = [min(5, max(1, x + rng.choice([-1, 0, 0, 1]))) for x in first]
+    expected = cohen_kappa_score(first, second, weights=weights, labels=[1, 2, 3, 4, 5])
+    assert st.cohen_kappa(first, second, weights=weights, labels=[1, 2, 3, 4, 5]) == pytest.approx(expected, abs=1e-12)
+
+
+def test_kappa_against_a_count_by_hand():
+    # 10 posts: both say a on 4, both b on 3; a/b on 2, b/a on 1. p_o = 7/10;
+    # marginals a: 6 and 5, b: 4 and 5 → p_e = (6·5 + 4·5)/100 = 1/2 → κ = (0.7 − 0.5)/(1 − 0.5) = 0.4.
+    first = ["a"] * 4 + ["b"] * 3 + ["a"] * 2 + ["b"]
+    second = ["a"] * 4 + ["b"] * 3 + ["b"] * 2 + ["a"]
+    assert st.cohen_kappa(first, second) == pytest.approx(0.4, abs=1e-12)
+    # Ratings 1–3, quadratic weights: pairs (1,1) (2,3) (3,3) (1,2): Σw·O = 0+1+0+1 = 2;
+    # marginals (first|second) 1: 2|1, 2: 1|1, 3: 1|2 → Σw·E = Σ (i−j)²·row_i·col_j / 4
+    # = (1·2·1 + 4·2·2 + 1·1·1 + 1·1·2 + 4·1·1 + 1·1·1) / 4 = 26/4 → κ_w = 1 − 2 / (26/4) = 9/13.
+    assert st.cohen_kappa([1, 2, 3, 1], [1, 3, 3, 2], weights="quadratic", labels=[1, 2, 3]) == pytest.approx(
+        9 / 13, abs=1e-12)
+
+
 def test_kappa_is_one_for_identical_raters_and_undefined_for_one_constant_answer():
     assert st.cohen_kappa(list("aabbc"), list("aabbc")) == pytest.approx(1.0)
     assert st.cohen_kappa(["a"] * 5, ["a"] * 5) is None  # chance agreement is 1: κ is 0/0

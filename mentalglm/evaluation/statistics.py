@@ -115,12 +115,22 @@ def mcnemar_exact(b: int, c: int) -> float:
     return min(1.0, 2 * tail / (1 << n))
 
 
-def cohen_kappa(first: Sequence[Any], second: Sequence[Any]) -> float | None:
-    """Cohen's κ between two aligned sequences of categorical labels.
+def cohen_kappa(first: Sequence[Any], second: Sequence[Any], *, weights: str | None = None,
+                labels: Sequence[Any] | None = None) -> float | None:
+    """Cohen's κ between two aligned sequences of categorical (or, weighted, ordinal) labels.
+
+    κ = 1 − Σ wᵢⱼ·Oᵢⱼ / Σ wᵢⱼ·Eᵢⱼ over the categories' confusion counts O and the counts E that
+    chance would give (the product of the two sides' marginals), with wᵢⱼ = 1 for a disagreement
+    (nominal: the familiar (p_o − p_e) / (1 − p_e)), |i − j| (``linear``) or (i − j)² (``quadratic``).
+
+    Args:
+        weights: None (nominal), ``"linear"`` or ``"quadratic"`` (ordinal ratings).
+        labels: every category, in order; needed for weighted κ so the scale's distances are right
+            (default: the categories seen, sorted).
 
     Returns:
-        κ = (p_o − p_e) / (1 − p_e), or None when it is undefined (chance agreement p_e = 1:
-        both sequences give one and the same category to every item) or there are no items.
+        κ, or None when it is undefined (chance disagreement is zero: both sequences give one and
+        the same category to every item) or there are no items.
 
     Example:
         >>> cohen_kappa(["a", "a", "b", "b"], ["a", "b", "b", "b"])
@@ -128,18 +138,30 @@ def cohen_kappa(first: Sequence[Any], second: Sequence[Any]) -> float | None:
     """
     if len(first) != len(second):
         raise ValueError("κ needs two sequences of the same length")
+    if weights not in (None, "linear", "quadratic"):
+        raise ValueError(f"weights must be None, 'linear' or 'quadratic', got {weights!r}")
     n = len(first)
     if n == 0:
         return None
     from collections import Counter
 
-    agree = sum(x == y for x, y in zip(first, second))
-    left, right = Counter(first), Counter(second)
-    chance = sum(count * right.get(k, 0) for k, count in left.items())  # n² · p_e, an integer
-    if chance == n * n:
+    categories = list(labels) if labels is not None else sorted(set(first) | set(second), key=repr)
+    index = {c: i for i, c in enumerate(categories)}
+    missing = (set(first) | set(second)) - index.keys()
+    if missing:
+        raise ValueError(f"categories not in labels: {sorted(missing, key=repr)}")
+
+    def weight(i: int, j: int) -> int:
+        return (i != j) if weights is None else abs(i - j) if weights == "linear" else (i - j) ** 2
+
+    observed = Counter((index[x], index[y]) for x, y in zip(first, second))
+    left, right = Counter(index[x] for x in first), Counter(index[y] for y in second)
+    # Integers throughout (chance counts scaled by n), so the ratio is exact until the last division.
+    disagree = sum(weight(i, j) * count for (i, j), count in observed.items()) * n
+    chance = sum(weight(i, j) * a * b for i, a in left.items() for j, b in right.items())
+    if chance == 0:
         return None
-    observed, expected = agree / n, chance / (n * n)
-    return (observed - expected) / (1 - expected)
+    return 1 - disagree / chance
 
 
 # -- the bootstrap ---------------------------------------------------------------------------

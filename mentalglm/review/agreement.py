@@ -1,7 +1,8 @@
 """How far reviewers agree with each other and with the model, and what they thought of the explanations.
 
-- **Inter-rater agreement** per dimension and for the label: Cohen's κ (scikit-learn's
-  ``cohen_kappa_score``) when there are exactly two reviewers, on the posts both reviewed;
+- **Inter-rater agreement** per dimension and for the label: Cohen's κ
+  (:func:`mentalglm.evaluation.statistics.cohen_kappa`) when there are exactly two reviewers, on the
+  posts both reviewed;
   Krippendorff's α (the ``krippendorff`` package) in every case — it takes any number of
   reviewers and missing reviews — nominal for labels, ordinal for ratings. Ratings also get the
   quadratically weighted κ for two reviewers, as an ordinal κ. A multi-label post's label set is
@@ -22,25 +23,6 @@ from mentalglm.evaluation import statistics
 from mentalglm.review.label_studio import DIMENSIONS
 
 LABEL = "label"
-
-
-def cohen_kappa(first: Sequence[Any], second: Sequence[Any], *, weights: str | None = None,
-                labels: Sequence[Any] | None = None) -> float | None:
-    """Cohen's κ of two aligned rating sequences (scikit-learn); None when undefined (one category only, or empty).
-
-    Args:
-        weights: None (nominal), ``"linear"`` or ``"quadratic"`` (ordinal ratings).
-        labels: every category, in order (needed for weighted κ so the scale's distances are right).
-    """
-    from sklearn.metrics import cohen_kappa_score
-
-    if not first or len(set(first) | set(second)) < 2:
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a 0/0 κ warns and returns nan: reported as None instead
-        value = float(cohen_kappa_score(list(first), list(second), weights=weights,
-                                        labels=list(labels) if labels is not None else None))
-    return value if value == value else None
 
 
 def krippendorff_alpha(units: Mapping[str, Mapping[str, Any]], *, level: str,
@@ -134,9 +116,9 @@ def _dimension_agreement(units: dict[str, dict[str, Any]], *, level: str, domain
         first, second = raters
         both = [values for values in units.values() if first in values and second in values]
         a, b = [values[first] for values in both], [values[second] for values in both]
-        result["cohen_kappa"] = cohen_kappa(a, b)
+        result["cohen_kappa"] = statistics.cohen_kappa(a, b)
         if level == "ordinal":
-            result["cohen_kappa_quadratic"] = cohen_kappa(a, b, weights="quadratic", labels=domain)
+            result["cohen_kappa_quadratic"] = statistics.cohen_kappa(a, b, weights="quadratic", labels=domain)
         result["primary"] = "cohen_kappa"
     else:
         result["primary"] = "krippendorff_alpha"
@@ -209,7 +191,7 @@ def review_stats(records: Sequence[Mapping[str, Any]], *, model_labels: Mapping[
     versus: dict[str, Any] = {"posts": len(compared), "ties": sorted(ties),
                               "without_model_prediction": sorted(p for p in majority if p not in model_labels),
                               "accuracy": correct / len(compared) if compared else None,
-                              "accuracy_interval": None, "cohen_kappa": cohen_kappa(model, expert)}
+                              "accuracy_interval": None, "cohen_kappa": statistics.cohen_kappa(model, expert)}
     if compared:
         low, high = statistics.wilson_interval(correct, len(compared))
         versus["accuracy_interval"] = {"low": low, "high": high, "method": statistics.WILSON,
