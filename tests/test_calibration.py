@@ -112,6 +112,32 @@ def test_platt_and_isotonic_also_lower_ece(pm, dev_run, method):
     assert sum(probabilities.values()) == pytest.approx(1.0) and 0 <= probabilities[HIGH] <= 1
 
 
+def test_saved_platt_and_isotonic_apply_as_scikit_learns_fitted_models(pm, dev_run):
+    """The calibration file's parameters, applied by our own formulas, give what scikit-learn's models predict."""
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
+    logits, gold, _ = cal.read_run(dev_run, [HIGH, LOW])
+    is_high = (gold == 0).astype(int)
+    platt = cal.calibrate(dev_run, pm.task("suicide-risk"), method="platt")
+    reference = LogisticRegression(C=1e6, max_iter=1000).fit(cal.risk_log_odds(logits, 0).reshape(-1, 1), is_high)
+    np.testing.assert_allclose(platt.transform(logits)[:, 0],
+                               reference.predict_proba(cal.risk_log_odds(logits, 0).reshape(-1, 1))[:, 1], atol=1e-9)
+    isotonic = cal.calibrate(dev_run, pm.task("suicide-risk"), method="isotonic")
+    model = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(cal.softmax(logits)[:, 0], is_high)
+    np.testing.assert_allclose(isotonic.transform(logits)[:, 0], model.predict(cal.softmax(logits)[:, 0]), atol=1e-12)
+
+
+def test_nll_and_brier_equal_scikit_learns(pm, dev_run):
+    from sklearn.metrics import brier_score_loss, log_loss
+
+    logits, gold, _ = cal.read_run(dev_run, [HIGH, LOW])
+    probabilities = cal.softmax(logits)
+    quality = cal.quality(probabilities, gold)
+    assert quality["nll"] == pytest.approx(log_loss(gold, probabilities, labels=[0, 1]), abs=1e-12)
+    assert quality["brier"] == pytest.approx(brier_score_loss(gold == 0, probabilities[:, 0]), abs=1e-12)
+
+
 def test_target_recall_threshold_reaches_its_recall_on_dev_and_test_recall_is_reported(pm, dev_run, tmp_path):
     calibration = cal.calibrate(dev_run, pm.task("suicide-risk"), target_recall=(HIGH, 0.95))
     policy = calibration.policy
