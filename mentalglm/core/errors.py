@@ -10,8 +10,14 @@ class MentalGLMError(Exception):
     """Base class for mistakes a user can fix (bad input, unknown names, bad options).
 
     The CLI prints ``str(error)`` on one line and exits non-zero; anything else is a bug and
-    keeps its traceback.
+    keeps its traceback. Line breaks quoted from a file (a CSV header, a YAML value) are shown as
+    ``\n``, so the message stays one line whatever the input held.
     """
+
+    def __init__(self, *args):
+        if len(args) == 1 and isinstance(args[0], str):
+            args = (args[0].replace("\r", "\\r").replace("\n", "\\n"),)
+        super().__init__(*args)
 
 
 class DataError(MentalGLMError):

@@ -103,3 +103,20 @@ def content_sha256(path: str | Path) -> str:
     except OSError:
         pass  # a read-only home: the digest is still right, only not remembered
     return value
+
+
+def yaml_problem(exc: Exception, text: str) -> tuple[int | None, str]:
+    """The line (1-based, or None) and a one-line reason of a PyYAML error on ``text``.
+
+    Parser errors carry a ``problem_mark``; reader errors (a character YAML does not allow) only a
+    ``position`` in the text.
+    """
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is not None:
+        line = mark.line + 1
+    elif isinstance(getattr(exc, "position", None), int):
+        line = text[: exc.position].count("\n") + 1
+    else:
+        line = None
+    reason = getattr(exc, "problem", None) or getattr(exc, "reason", None) or str(exc)
+    return line, " ".join(str(reason).split())

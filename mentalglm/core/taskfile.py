@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from mentalglm.core.errors import MentalGLMError
+from mentalglm.core.files import yaml_problem
 from mentalglm.core.task import ExtractionTask, Field, HierarchicalTask, Label, MultiLabelTask, SingleLabelTask, Task
 
 #: Keys a task file may contain.
@@ -59,9 +60,8 @@ def _read_mapping(path: Path) -> dict:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{path}:{mark.line + 1}" if mark else str(path)
-            raise TaskFileError(f"{where}: invalid YAML: {getattr(exc, 'problem', exc)}") from None
+            line, reason = yaml_problem(exc, text)
+            raise TaskFileError(f"{path}{f':{line}' if line else ''}: invalid YAML: {reason}") from None
     else:
         raise TaskFileError(f"{path}: task files must end in .yaml, .yml or .toml")
     if not isinstance(data, dict):

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from mentalglm.core.errors import MentalGLMError, OptionsError, UnknownNameError
+from mentalglm.core.files import yaml_problem
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 ENTRY_KEYS = ("name", "backend", "model", "prompt", "system", "options", "adapter", "mode", "calibration",
@@ -154,9 +155,8 @@ def load_registry(path: str | Path, plugins=None) -> Registry:
     try:
         data, lines = yaml.safe_load(text), _Lines(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise RegistryError(f"{path}{f':{mark.line + 1}' if mark else ''}: invalid YAML: "
-                            f"{getattr(exc, 'problem', None) or exc}") from None
+        line, reason = yaml_problem(exc, text)
+        raise RegistryError(f"{path}{f':{line}' if line else ''}: invalid YAML: {reason}") from None
 
     def fail(where: tuple, message: str):
         line = lines.of(where)
