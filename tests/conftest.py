@@ -243,13 +243,19 @@ def llama_server(exported, tmp_path_factory):
         yield base_url, path
 
 
+#: Each integration stage's engine variable and its tests' folder: with the variable set, a skip there is a failure.
+STAGES = (("MENTALGLM_REAL_MODELS", "real_models"), ("MENTALGLM_BROWSER", "browser"),
+          ("MENTALGLM_VLLM_PYTHON", "vllm"), ("MENTALGLM_RAY", "ray_cluster"),
+          ("MENTALGLM_LABEL_STUDIO", "labelstudio"))
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
-    """In the real-weights stage (``MENTALGLM_REAL_MODELS`` set) and the browser stage (``MENTALGLM_BROWSER``),
-    a skipped test of that stage fails instead: the stage that set the engine up must not pass on nothing."""
+    """In an integration stage (its variable in :data:`STAGES` set), a skipped test of that stage fails instead:
+    the stage that set the engine up must not pass on nothing."""
     outcome = yield
     report = outcome.get_result()
-    for variable, folder in (("MENTALGLM_REAL_MODELS", "real_models"), ("MENTALGLM_BROWSER", "browser")):
+    for variable, folder in STAGES:
         if os.environ.get(variable) and report.skipped and folder in str(item.fspath):
             report.outcome = "failed"
             report.longrepr = f"skipped although {variable} is set: {report.longrepr}"

@@ -221,7 +221,8 @@ def test_raw_scores_report_uncalibrated_probabilities(floor):
 
 # -- many clients -------------------------------------------------------------------------------------------
 def test_sixteen_clients_are_decoded_in_one_backend_call(floor):
-    with serve(floor, max_batch=16, batch_wait=60.0) as served:  # the batch goes as soon as 16 posts are in
+    # the batch goes as soon as 16 posts are in, and only then
+    with serve(floor, max_batch=16, batch_wait=60.0, batch_quiet=60.0) as served:
         served.wait_ready()
         texts = [f"{HIGH}{i}" if i % 2 else f"{LOW}{i}" for i in range(16)]
         with ThreadPoolExecutor(16) as pool:
