@@ -2,7 +2,7 @@
 
 For each model — ``small`` (the smoke-scale GLM, the size of the quickstart's demo model) and ``bigger``
 (the ~85M-parameter benchmark GLM), both q8_0, llamacpp ``parallel=8``, depression task, 16 new
-tokens — the real command ``mentalglm serve`` runs in a subprocess on loopback and:
+tokens, the threads pinned to the physical cores on both sides — the real command ``mentalglm serve`` runs in a subprocess on loopback and:
 
 1. 16 concurrent clients send ``REQUESTS`` one-post requests (2,000 at full scale) over kept-alive
    connections: errors, lost answers and invalid answers are counted; p50 and p95 latency; posts/s.
@@ -40,7 +40,15 @@ FULL = SCALE == "full"
 REQUESTS = 2000 if FULL else 48
 CLIENTS = 16
 STORM = 64 if FULL else 8
+#: Threads pinned for both sides: the default follows the load average, which the clients themselves raise.
+THREADS = int(os.environ.get("MENTALGLM_BENCH_THREADS") or 0) or None
 OPTIONS = {"parallel": 8, "n_ctx": 512, "max_new_tokens": 16}
+
+
+def _options() -> dict:
+    from mentalglm.core.threads import physical_cores, usable_cpus
+
+    return {**OPTIONS, "n_threads": THREADS or physical_cores(usable_cpus())}
 
 
 def _free_port() -> int:
@@ -68,7 +76,7 @@ class Service:
         """Start it and poll /health until 200; the statuses seen, in order (collapsed)."""
         command = [sys.executable, "-m", "mentalglm", "serve", "--task", "depression", "--backend", "llamacpp",
                    "--model", str(self.gguf), "--port", str(self.port), "--no-moderation", "--queue-size", "4096"]
-        for key, value in OPTIONS.items():
+        for key, value in _options().items():
             command += ["-O", f"{key}={value}"]
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
@@ -155,7 +163,7 @@ def _load(service: Service, texts: list[str]) -> dict:
 def _in_process(gguf, texts: list[str]) -> dict:
     from mentalglm import Analyzer, Post
 
-    with Analyzer("depression", backend="llamacpp", model=str(gguf), options=OPTIONS) as analyzer:
+    with Analyzer("depression", backend="llamacpp", model=str(gguf), options=_options()) as analyzer:
         batch = analyzer.backend.preferred_batch_size
         list(analyzer.analyze_many([Post("warm", texts[0])]))
         started = time.perf_counter()
@@ -209,7 +217,7 @@ def test_service_against_in_process(benchmark, tmp_path, size):
         benchmark.pedantic(run, rounds=1, iterations=1)
     finally:
         service.stop()
-    document = {"model": size, "parameters_shape": shape, "options": OPTIONS, "clients": CLIENTS, **measured,
+    document = {"model": size, "parameters_shape": shape, "options": _options(), "clients": CLIENTS, **measured,
                 "service_vs_in_process": measured["service"]["posts_per_second"]
                 / measured["in_process"]["posts_per_second"]}
     benchmark.extra_info.update(document)
