@@ -2,7 +2,8 @@
 
 For each model — ``small`` (the smoke-scale GLM, the size of the quickstart's demo model) and ``bigger``
 (the ~85M-parameter benchmark GLM), both q8_0, llamacpp ``parallel=8``, depression task, 16 new
-tokens, the threads pinned to the physical cores on both sides — the real command ``mentalglm serve`` runs in a subprocess on loopback and:
+tokens, llama.cpp's threads pinned to the physical cores on both sides — the real command
+``mentalglm serve`` runs in a subprocess on loopback and:
 
 1. 16 concurrent clients send ``REQUESTS`` one-post requests (2,000 at full scale) over kept-alive
    connections: errors, lost answers and invalid answers are counted; p50 and p95 latency; posts/s.
