@@ -146,3 +146,58 @@ def build_real_vocab_glm(root: Path, tiktoken_path: Path, **shape) -> Path:
     tokenizer_dir = write_hf_tokenizer(glm4_tokenizer(ranks, specials), root / "tokenizer-151k",
                                        special_tokens=specials)
     return build_tiny_glm(root / "glm-151k", arch="glm", seed=0, tokenizer_dir=tokenizer_dir, **shape)
+
+
+def teach_answers(model_dir: Path, *, steps: int, seed: int = 0, batch: int = 8, lr: float = 3e-3) -> dict:
+    """Fine-tune all of a random GLM's weights for ``steps`` on the suicide-risk sample's answers, in place.
+
+    A model of random weights answers nothing like the task's format, so a constrained decoder spends its
+    time rejecting tokens no real model would choose; a model that has seen the answers writes them and the
+    constraint's cost is the one a real model pays. Loss on the answer tokens only; the output layer runs
+    on those positions alone (the 151k vocabulary is what costs). Returns the first and last losses.
+    """
+    import json
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from mentalglm.core.prompt import GLM4_CHAT
+
+    torch.manual_seed(seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.train()
+    records = [json.loads(line) for line in
+               (Path(__file__).resolve().parent.parent / "mentalglm/samples/suicide-risk.jsonl").read_text(
+                   encoding="utf-8").splitlines()]
+    examples = []
+    for record in records:
+        prompt = tokenizer(GLM4_CHAT.render(record["instruction"], record["input"]), add_special_tokens=False)
+        answer = tokenizer(record["output"] + "<|user|>", add_special_tokens=False)
+        examples.append((prompt["input_ids"], answer["input_ids"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in range(steps):
+        chosen = [examples[i] for i in torch.randint(len(examples), (batch,), generator=generator).tolist()]
+        width = max(len(p) + len(a) for p, a in chosen)
+        ids = torch.zeros((batch, width), dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        targets = []
+        for row, (prompt, answer) in enumerate(chosen):
+            sequence = prompt + answer
+            ids[row, :len(sequence)] = torch.tensor(sequence)
+            mask[row, :len(sequence)] = 1
+            targets += [(row, len(prompt) - 1 + k, token) for k, token in enumerate(answer)]
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        rows = torch.tensor([r for r, _, _ in targets])
+        cols = torch.tensor([c for _, c, _ in targets])
+        logits = model.lm_head(hidden[rows, cols])
+        loss = torch.nn.functional.cross_entropy(logits, torch.tensor([t for _, _, t in targets]))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    model.eval()
+    model.save_pretrained(model_dir, safe_serialization=True)
+    return {"steps": steps, "first_loss": losses[0], "last_loss": losses[-1]}
