@@ -44,3 +44,6 @@ fi
 
 MENTALGLM_REAL_MODELS="$CACHE" MENTALGLM_LLAMA_SERVER="$SERVER" \
   .venv/bin/python -m pytest -q -p no:cacheprovider -m realmodels tests/real_models
+# The real-vocabulary benchmark keeps working (one pass, timing off, small shapes; ~25 s).
+MENTALGLM_REAL_MODELS="$CACHE" MENTALGLM_LLAMA_SERVER="$SERVER" MENTALGLM_BENCH_SCALE=smoke \
+  .venv/bin/python -m pytest -q -p no:cacheprovider benchmarks/test_real_vocab.py --benchmark-disable
