@@ -181,3 +181,18 @@ def test_cli_validate_and_run(board, tmp_path):
                   "sample:suicide-risk", "--output-dir", str(tmp_path / "o"), "--bootstrap", "50", "--quiet")
     assert ran.returncode == 0, ran.stderr
     assert "| task | metric | floor | replayed | missing |" in ran.stdout
+
+
+def test_a_comparison_that_cannot_be_made_stays_in_its_column(board, tmp_path, pm, monkeypatch):
+    import mentalglm.evaluation.compare as compare
+
+    registry, tasks = board
+
+    def refuse(*args, **kwargs):
+        raise MentalGLMError("the runs hold different post ids")
+
+    monkeypatch.setattr(compare, "compare_runs", refuse)
+    document = run_leaderboard(registry, tasks, tmp_path / "out", bootstrap=0, plugins=pm)
+    versus = document["tasks"][0]["results"]["replayed"]["versus_reference"]
+    assert versus["delta"] is None and versus["error"] == "the runs hold different post ids"
+    assert (tmp_path / "out" / "leaderboard.md").is_file()

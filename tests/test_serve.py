@@ -287,3 +287,14 @@ def test_metrics_parse_with_prometheus_client(floor):
                if s.name.endswith("_count") and s.labels["route"] == "/v1/analyze"]
     assert latency[0].value == 2
     assert families["mentalglm_queue_depth"].samples[0].value == 0
+
+
+def test_cli_refuses_settings_it_could_not_honour_before_loading(tmp_path):
+    from conftest import run_cli
+
+    too_big = run_cli("serve", "--task", "suicide-risk", "--backend", "baseline", "--model", str(tmp_path),
+                      "--max-posts", "64", "--queue-size", "16")
+    assert too_big.returncode == 1 and "--max-posts 64 is more than --queue-size 16" in too_big.stderr
+    unwritable = run_cli("serve", "--task", "suicide-risk", "--backend", "baseline", "--model", str(tmp_path),
+                         "--audit-log", str(tmp_path / "no" / "such" / "audit.jsonl"))
+    assert unwritable.returncode == 1 and "--audit-log" in unwritable.stderr and "cannot write it" in unwritable.stderr

@@ -60,6 +60,16 @@ def cmd_serve(args) -> int:
     from mentalglm.serve.metrics import Metrics
 
     key = api_key(args.host, args.api_key_env, args.insecure)
+    if args.max_posts > args.queue_size:
+        raise MentalGLMError(f"serve: --max-posts {args.max_posts} is more than --queue-size {args.queue_size}: "
+                             "a request that size could never be queued")
+    if args.audit_log:  # a path that cannot be written fails now, not at the first answer
+        try:
+            with open(args.audit_log, "a", encoding="utf-8"):
+                pass
+        except OSError as exc:
+            raise MentalGLMError(f"serve: --audit-log {args.audit_log}: cannot write it ({exc.strerror or exc})") \
+                from None
     settings = ServeSettings(tasks=args.task, backend=args.backend, model=args.model, prompt=args.prompt,
                              system=args.system, options=parse_options(args.option),
                              calibrations=_calibrations(args.calibration), raw_scores=args.raw_scores,

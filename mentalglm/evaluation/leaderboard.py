@@ -163,7 +163,11 @@ def _paired(reference: Path, other: Path, task, bootstrap: int, seed: int, plugi
     """The primary metric's paired difference (other − reference) with its interval, and McNemar's p."""
     from mentalglm.evaluation.compare import compare_runs
 
-    document = compare_runs(reference, other, task=task, resamples=bootstrap, seed=seed, plugins=plugins)
+    try:
+        document = compare_runs(reference, other, task=task, resamples=bootstrap, seed=seed, plugins=plugins)
+    except MentalGLMError as exc:  # e.g. folders holding other posts: said in this column, the others go on
+        return {"metric": task.primary_metric, "delta": None, "low": None, "high": None, "mcnemar_p": None,
+                "error": str(exc)}
     row = document["metrics"].get(task.primary_metric) or {}
     return {"metric": task.primary_metric, "delta": row.get("delta"), "low": row.get("low"), "high": row.get("high"),
             "mcnemar_p": (document.get("mcnemar") or {}).get("p_value")}

@@ -142,7 +142,8 @@ class Engine:
     # -- loading ---------------------------------------------------------------------------------
     def start(self) -> None:
         """Load the model in a thread (``/health`` answers 503 meanwhile), then start decoding."""
-        threading.Thread(target=self._load_and_run, name="mentalglm-engine", daemon=True).start()
+        self._thread = threading.Thread(target=self._load_and_run, name="mentalglm-engine", daemon=True)
+        self._thread.start()
 
     def _load_and_run(self) -> None:
         try:
@@ -150,6 +151,8 @@ class Engine:
         except Exception as exc:  # noqa: BLE001 -- reported by /health and every route, not a crash
             self.state, self.error = "failed", " ".join(str(exc).split()) or type(exc).__name__
             log.error("serve: the model did not load: %s", self.error)
+            return
+        if self._stopping:
             return
         self.state = "ready"
         log.info("serve: ready (%s, %s)", self.settings.backend, ", ".join(self.tasks))
@@ -223,12 +226,18 @@ class Engine:
                 self._queued_posts -= len(job.posts)
                 self.metrics.queue_depth = self._queued_posts
 
-    def stop(self) -> None:
-        """Stop decoding and release the model."""
+    def stop(self, timeout: float = 60.0) -> None:
+        """Stop decoding, wait (up to ``timeout``) for the batch or the load in progress, and release the model."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        for analyzer in self.analyzers.values():
+        thread = getattr(self, "_thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():  # still loading or decoding: leave the model to the process's exit
+                log.warning("serve: the model was still busy after %.0f s; not released", timeout)
+                return
+        for analyzer in list(self.analyzers.values()):
             analyzer.close()
         if self.backend is not None:
             self.backend.close()
