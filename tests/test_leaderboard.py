@@ -196,3 +196,21 @@ def test_a_comparison_that_cannot_be_made_stays_in_its_column(board, tmp_path, p
     versus = document["tasks"][0]["results"]["replayed"]["versus_reference"]
     assert versus["delta"] is None and versus["error"] == "the runs hold different post ids"
     assert (tmp_path / "out" / "leaderboard.md").is_file()
+
+
+def test_reuse_refuses_predictions_made_with_other_settings(board, tmp_path, pm):
+    from dataclasses import replace
+
+    from mentalglm.evaluation.registry import Registry
+
+    registry, tasks = board
+    run_leaderboard(registry, tasks, tmp_path / "out", bootstrap=0, plugins=pm)
+    edited = Registry(registry.path, tuple(replace(m, strict_format=True) if m.name == "replayed" else m
+                                           for m in registry.models), registry.reference)
+    document = run_leaderboard(edited, tasks, tmp_path / "out", reuse=True, bootstrap=0, plugins=pm)
+    result = document["tasks"][0]["results"]["replayed"]
+    assert result["status"] == "stale" and "strict_format (recorded False, now True)" in result["error"]
+    assert document["tasks"][0]["results"]["floor"]["status"] == "ok"
+    fewer = [TaskData(tasks[0].task, tasks[0].data, tasks[0].posts[:5])]
+    document = run_leaderboard(registry, fewer, tmp_path / "out", reuse=True, bootstrap=0, plugins=pm)
+    assert document["tasks"][0]["results"]["floor"]["status"] == "stale"  # other posts than were run

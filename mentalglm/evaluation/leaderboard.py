@@ -148,6 +148,10 @@ def _scored_cell(entry: ModelEntry, item: TaskData, cell: Path, bootstrap: int, 
     if have < len(item.posts):
         return {"status": "missing" if not have else "incomplete",
                 "error": f"{have} of {len(item.posts)} posts have saved predictions in {cell}"}
+    stale = _stale(entry, item, cell)
+    if stale:
+        return {"status": "stale", "error": f"{cell / 'run.json'} records other settings than the registry's: "
+                                            f"{stale}; rerun without --reuse (the folder is refused then too)"}
     score = score_predictions(item.task, item.posts, saved, strict_format=entry.strict_format,
                               bootstrap=bootstrap, seed=seed)
     counts, n = score["counts"], len(item.posts)
@@ -157,6 +161,27 @@ def _scored_cell(entry: ModelEntry, item: TaskData, cell: Path, bootstrap: int, 
             "intervals": {k: [i["low"], i["high"]] for k, i in score["intervals"].items()},
             "invalid_rate": counts["invalid"] / n, "without_label_line_rate": counts["without_label_line"] / n,
             "posts_per_second": speed["posts"] / speed["seconds"] if speed and speed["seconds"] > 0 else None}
+
+
+def _stale(entry: ModelEntry, item: TaskData, cell: Path) -> str:
+    """What the cell's run record says differently from the registry entry and the posts ('' when nothing).
+
+    Checked without loading the model (``reuse`` must not): the recorded backend, prompt style, system
+    message, mode, strict format, the options the entry sets, and the digest of the posts.
+    """
+    from mentalglm.core.prediction import posts_digest
+
+    record = read_json(cell / "run.json", "run record") if (cell / "run.json").is_file() else {}
+    expected = {"backend": entry.backend, "prompt": entry.prompt, "system": entry.system, "mode": entry.mode,
+                "strict_format": entry.strict_format, "posts_sha256": posts_digest(item.posts)}
+    if record.get("prompt") == "post":  # a backend that reads the post itself records no prompt style
+        expected.pop("prompt")
+    differ = [f"{key} (recorded {record.get(key)!r}, now {value!r})" for key, value in expected.items()
+              if record.get(key) != value]
+    options = record.get("options") or {}
+    differ += [f"options.{key} (recorded {options.get(key)!r}, now {value!r})" for key, value in entry.options.items()
+               if key in options and options.get(key) != value and str(options.get(key)) != str(value)]
+    return "; ".join(differ[:3])
 
 
 def _paired(reference: Path, other: Path, task, bootstrap: int, seed: int, plugins) -> dict:
