@@ -78,31 +78,40 @@ def content_sha256(path: str | Path) -> str:
 
     Digests are remembered by absolute path, size and modification time in :data:`DIGEST_CACHE`,
     so an unchanged model is not read again; a file rewritten in place gets a new mtime and is.
+    The cache is read once and written once per call, however many files a folder holds.
     """
     path = Path(path).resolve()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file())
-        listing = [[p.relative_to(path).as_posix(), content_sha256(p)] for p in files]
-        return digest(listing)
-    stat = path.stat()
-    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
     try:
         cache = json.loads(DIGEST_CACHE.read_text(encoding="utf-8"))
         if not isinstance(cache, dict):
             cache = {}
     except (OSError, ValueError):
         cache = {}
-    if isinstance(cache.get(key), str):
-        return cache[key]
-    value = file_sha256(path)
-    cache = {k: v for k, v in cache.items() if not k.startswith(f"{path}|")}  # the file's older versions
-    cache[key] = value
-    try:
-        DIGEST_CACHE.parent.mkdir(parents=True, exist_ok=True)
-        write_json(DIGEST_CACHE, cache, indent=None)
-    except OSError:
-        pass  # a read-only home: the digest is still right, only not remembered
-    return value
+    changed = False
+
+    def one(file: Path) -> str:
+        nonlocal cache, changed
+        stat = file.stat()
+        key = f"{file}|{stat.st_size}|{stat.st_mtime_ns}"
+        if isinstance(cache.get(key), str):
+            return cache[key]
+        value = file_sha256(file)
+        cache = {k: v for k, v in cache.items() if not k.startswith(f"{file}|")}  # the file's older versions
+        cache[key], changed = value, True
+        return value
+
+    if path.is_dir():
+        result = digest([[p.relative_to(path).as_posix(), one(p)]
+                         for p in sorted(p for p in path.rglob("*") if p.is_file())])
+    else:
+        result = one(path)
+    if changed:
+        try:
+            DIGEST_CACHE.parent.mkdir(parents=True, exist_ok=True)
+            write_json(DIGEST_CACHE, cache, indent=None)
+        except OSError:
+            pass  # a read-only home: the digest is still right, only not remembered
+    return result
 
 
 def yaml_problem(exc: Exception, text: str) -> tuple[int | None, str]:

@@ -112,7 +112,6 @@ class _Lines:
         self.lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
-                self.lines[path + (str(key.value),)] = key.start_mark.line + 1
                 self._walk(value, path + (str(key.value),))
                 self.lines[path + (str(key.value),)] = key.start_mark.line + 1  # the key's line, not its value's
         elif isinstance(node, yaml.SequenceNode):

@@ -270,9 +270,6 @@ def create_app(engine: Engine, metrics, *, api_key: str | None = None, max_posts
         except Exception as exc:  # noqa: BLE001 -- a backend failure, in one line, without the post
             raise ApiError(500, f"the backend failed: {' '.join(str(exc).split())}", kind="server_error") from None
 
-    def _decision(prediction) -> str | None:
-        return mod.decision(prediction)
-
     @app.post("/v1/analyze")
     async def analyze(body: AnalyzeRequest, request: Request):
         """Predictions as the command line writes them, each with its review decision (calibrated tasks)."""
@@ -283,7 +280,7 @@ def create_app(engine: Engine, metrics, *, api_key: str | None = None, max_posts
         predictions = await _predict(request, body.task, posts, body.explain)
         out = []
         for post, prediction in zip(posts, predictions):
-            decision = _decision(prediction)
+            decision = mod.decision(prediction)
             if audit is not None:
                 audit.write("/v1/analyze", body.task, post, prediction, decision, engine.digests)
             out.append({**prediction.to_dict(), "decision": decision})
@@ -310,7 +307,8 @@ def create_app(engine: Engine, metrics, *, api_key: str | None = None, max_posts
             probability = float(probabilities.get(mod.RISK_LABEL, 0.0))
             flagged = mod.RISK_LABEL in prediction.labels
             if audit is not None:
-                audit.write("/v1/moderations", mod.RISK_TASK, post, prediction, _decision(prediction), engine.digests)
+                audit.write("/v1/moderations", mod.RISK_TASK, post, prediction, mod.decision(prediction),
+                            engine.digests)
             results.append(mod.moderation_result(prediction, probability, flagged, engine.digests))
         return mod.moderation_response(body.model or model_name, results)
 
