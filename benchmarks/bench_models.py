@@ -81,6 +81,18 @@ def depression_posts(n: int) -> list:
     return posts
 
 
+def bench_threads() -> int:
+    """Threads for llama.cpp and torch on both sides of a benchmark: ``MENTALGLM_BENCH_THREADS``, else every
+    physical core this process may use.
+
+    Never the load-adjusted default of the backends: the load average left by the previous rounds (or by a
+    benchmark's own clients) would change the thread count, and so the figures, from one run to the next.
+    """
+    from mentalglm.core.threads import physical_cores, usable_cpus
+
+    return int(os.environ.get("MENTALGLM_BENCH_THREADS") or 0) or physical_cores(usable_cpus())
+
+
 def alternate(workloads, rounds: int):
     """Run N workloads for ``rounds`` rounds, rotating the order by one each round.
 

@@ -35,7 +35,7 @@ import textwrap
 
 import pytest
 
-from bench_models import SCALE, alternate, depression_posts
+from bench_models import SCALE, alternate, bench_threads, depression_posts
 
 pytest.importorskip("llama_cpp", reason="the parallel benchmarks need the llamacpp extra")
 
@@ -54,9 +54,7 @@ SHAPE = (dict(hidden_size=1024, num_layers=16, num_heads=16, num_kv_heads=2, int
 
 
 def _threads() -> int:
-    from mentalglm.core.threads import default_threads
-
-    return int(os.environ.get("MENTALGLM_BENCH_THREADS") or default_threads())
+    return bench_threads()
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ import statistics
 
 import pytest
 
-from bench_models import SCALE, alternate, depression_posts, server_launcher
+from bench_models import SCALE, alternate, bench_threads, depression_posts, server_launcher
 
 pytest.importorskip("llama_cpp", reason="the server benchmark needs the llamacpp extra")
 
@@ -51,9 +51,7 @@ def gguf(tmp_path_factory):
 
 def test_in_process_vs_llama_cpp_server(benchmark, gguf, tmp_path_factory):
     from mentalglm import Analyzer
-    from mentalglm.core.threads import default_threads
-
-    threads = int(os.environ.get("MENTALGLM_BENCH_THREADS") or default_threads())
+    threads = bench_threads()
     posts = depression_posts(N_POSTS)
     local = {"n_ctx": 1024, "max_new_tokens": MAX_NEW_TOKENS, "n_threads": threads}
     with server_launcher()(gguf, tmp_path_factory.mktemp("server-log"), n_threads=threads, n_ctx=1024) as (url, _):

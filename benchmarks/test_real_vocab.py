@@ -34,6 +34,7 @@ import pytest
 from bench_models import (
     SCALE,
     alternate,
+    bench_threads,
     build_real_vocab_glm,
     depression_posts,
     llama_cpp_server_launcher,
@@ -57,8 +58,8 @@ GLM_SHAPE = dict(hidden_size=512, num_layers=4, num_heads=8, num_kv_heads=2, int
     dict(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=128)
 
 
-def _measure(benchmark, analyzers: dict, posts, pairs: dict) -> dict:
-    measured: dict = {}
+def _measure(benchmark, analyzers: dict, posts, pairs: dict, threads: int) -> dict:
+    measured: dict = {"load_average_before": os.getloadavg()[0]}
     for analyzer in analyzers.values():  # warm-up and the server's canary, outside the clock
         analyzer.backend.preflight(["x"], response_format=analyzer.response_format)
         list(analyzer.analyze_many(posts[:1]))
@@ -72,6 +73,7 @@ def _measure(benchmark, analyzers: dict, posts, pairs: dict) -> dict:
     medians = {label: statistics.median(times) for label, times in measured["seconds"].items()}
     document = {
         "posts": len(posts), "rounds": ROUNDS, "max_new_tokens": MAX_NEW_TOKENS, "parallel": PARALLEL,
+        "threads": threads, "load_average_before": measured["load_average_before"],
         "seconds": measured["seconds"], "posts_per_second": {k: len(posts) / v for k, v in medians.items()},
         "valid": {label: sum(p.valid for p in out) / len(out) for label, out in measured["outputs"].items()},
         "ratios": {name: medians[b] / medians[a] for name, (a, b) in pairs.items()},
@@ -99,9 +101,7 @@ def _served(base: str, prompt: str):
 
 @pytest.fixture(scope="module")
 def threads():
-    from mentalglm.core.threads import default_threads
-
-    return int(os.environ.get("MENTALGLM_BENCH_THREADS") or default_threads())
+    return bench_threads()
 
 
 def _run(benchmark, model: Path, log_dir: Path, threads: int, analyzers_for, pairs: dict) -> dict:
@@ -110,7 +110,7 @@ def _run(benchmark, model: Path, log_dir: Path, threads: int, analyzers_for, pai
     with llama_cpp_server_launcher()(LLAMA_SERVER, model, log_dir, parallel=PARALLEL, n_threads=threads) as (base, _):
         analyzers = analyzers_for(base)
         try:
-            return _measure(benchmark, analyzers, posts, pairs)
+            return _measure(benchmark, analyzers, posts, pairs, threads)
         finally:
             for analyzer in analyzers.values():
                 analyzer.close()

@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from bench_models import SCALE, SHAPES, depression_posts
+from bench_models import SCALE, SHAPES, bench_threads, depression_posts
 
 pytest.importorskip("fastapi", reason="the service needs the [serve] extra")
 pytest.importorskip("llama_cpp", reason="the service benchmark serves a GGUF through llamacpp")
@@ -41,15 +41,11 @@ FULL = SCALE == "full"
 REQUESTS = 2000 if FULL else 48
 CLIENTS = 16
 STORM = 64 if FULL else 8
-#: Threads pinned for both sides: the default follows the load average, which the clients themselves raise.
-THREADS = int(os.environ.get("MENTALGLM_BENCH_THREADS") or 0) or None
 OPTIONS = {"parallel": 8, "n_ctx": 512, "max_new_tokens": 16}
 
 
 def _options() -> dict:
-    from mentalglm.core.threads import physical_cores, usable_cpus
-
-    return {**OPTIONS, "n_threads": THREADS or physical_cores(usable_cpus())}
+    return {**OPTIONS, "n_threads": bench_threads()}  # pinned: the clients themselves raise the load average
 
 
 def _free_port() -> int:
