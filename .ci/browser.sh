@@ -9,7 +9,8 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null || !
     $SUDO apt-get update -q >/dev/null
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium chromium-driver fonts-wqy-zenhei >/dev/null
 fi
-.venv/bin/pip install --quiet "selenium>=4.20" 2>&1 | { grep -v "^WARNING: Location" || true; }
+. .ci/quiet.sh
+quiet .venv/bin/pip install --quiet "selenium>=4.20"
 .venv/bin/python -c "import selenium, fastapi, uvicorn"  # installed
 mkdir -p .ci-artifacts
 MENTALGLM_BROWSER=1 MENTALGLM_ARTIFACTS="$PWD/.ci-artifacts" \

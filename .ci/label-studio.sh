@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+. .ci/quiet.sh
 rm -rf .venv-labelstudio
 python3 -m venv .venv-labelstudio
 printf '*\n' > .venv-labelstudio/.gitignore  # never committed, whoever runs this

@@ -9,7 +9,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+. .ci/quiet.sh
 quiet .venv/bin/pip install --quiet -e ".[ray]"
 .venv/bin/python -c "import ray.data, pyarrow, mentalglm.executors.ray_data"  # the install worked
 

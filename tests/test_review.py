@@ -279,6 +279,22 @@ def test_krippendorff_alpha_matches_the_published_worked_example():
     assert krippendorff_alpha({"u": {"a": 3, "b": 3}}, level="ordinal", domain=[1, 2, 3]) is None
 
 
+def test_the_hand_count_of_alpha_matches_the_published_worked_example_too():
+    """The hand count the Label Studio round trip checks α against is itself checked on the published example."""
+    from alpha_by_hand import alpha_by_hand
+
+    units = _units(KRIPPENDORFF_2011)
+    assert alpha_by_hand(units, "nominal") == pytest.approx(0.743, abs=5e-4)
+    assert alpha_by_hand(units, "ordinal", [1, 2, 3, 4, 5]) == pytest.approx(0.815, abs=5e-4)
+    assert alpha_by_hand(units, "interval") == pytest.approx(0.849, abs=5e-4)
+    rng = np.random.default_rng(11)  # and on random ratings with gaps, to the package's precision
+    for _ in range(20):
+        units = {f"u{j}": {f"r{i}": int(rng.integers(1, 6)) for i in range(4) if rng.random() < 0.8}
+                 for j in range(15)}
+        assert alpha_by_hand(units, "ordinal", [1, 2, 3, 4, 5]) == pytest.approx(
+            krippendorff_alpha(units, level="ordinal", domain=[1, 2, 3, 4, 5]), abs=1e-9)
+
+
 def test_cohen_kappa_is_sklearns():
     rng = np.random.default_rng(3)
     a, b = list(rng.integers(1, 6, 40)), list(rng.integers(1, 6, 40))
