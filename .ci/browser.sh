@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Browser stage: the review page of `mentalglm serve` in a real headless Chromium (tests/browser, marker
-# `browser`). Debian's chromium, chromium-driver and a CJK font (apt, ~270 MB, about 1-2 min), Selenium from PyPI into
+# `browser`). Debian's chromium, chromium-driver and a CJK font (apt, ~270 MB), Selenium from PyPI into
 # .venv. The screenshot is kept in .ci-artifacts/. A skipped browser test fails this stage (tests/conftest.py).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,9 +5,8 @@
 # the project's .venv (built by .ci/run, which this stage expects) is left as it is.
 # The server is started by the test fixture with a fresh SQLite data folder; its PyPI version
 # check, analytics and Sentry are switched off, so it talks to loopback only.
-# Measured on 2 shared cores: 1.5-3.5 min to install label-studio 1.23.2 (95 s on a quiet machine,
-# 195 s beside other jobs), 2-2.5 min for the tests (110-130 s, 60-70 s of which migrate the fresh
-# database and start the server); the whole stage took 5.5 min beside other jobs.
+# Most of its time is the install of label-studio and, in the test, migrating the fresh database and starting
+# the server; .ci/run measures the stage.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

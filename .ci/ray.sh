@@ -2,10 +2,8 @@
 # CI stage: `analyze --executor ray` (Ray Data) on a real local Ray cluster — tests/ray_cluster, marker `ray`.
 # Run after .ci/run has built .venv: it adds the [ray] extra (ray[data]==2.60.0) to that environment and runs
 # the Ray tests, which the main suite skips (they need ray installed and MENTALGLM_RAY=1).
-# Measured on 2 shared cores, 2026-12-01: install about 15 s from PyPI (the 79 MB ray wheel and six small
-# dependencies; 11 s when they are already there, for pip's resolve and the editable rebuild); tests about
-# 1.5 min (95 s: a local 2-CPU cluster, 2,000 posts through a tiny llama.cpp model three times — in process,
-# on Ray with a worker SIGKILLed, on Ray with the driver SIGKILLed — plus the reruns).
+# The tests: a local 2-CPU cluster, 2,000 posts through a tiny llama.cpp model three times — in process, on Ray
+# with a worker SIGKILLed, on Ray with the driver SIGKILLed — plus the reruns. Its time: .ci/run measures it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

