@@ -15,7 +15,8 @@ Speed: :func:`mentalglm.data.readers.iter_posts` consumed once per round (the po
 they come, as a streaming run would), posts/s from the median round. Memory: each layout is read
 in a fresh subprocess at two sizes (a quarter, then the full file); after the imports the kernel's
 peak-RSS mark is reset (``/proc/self/clear_refs``) and ``VmHWM`` read after the pass, so "growth"
-is what reading cost. Constant memory shows as growth that does not follow the file: the only
+is what reading cost. Constant memory shows as growth that does not follow the file (a fixed cost of
+at most ``FIXED_MIB``, the same at both sizes): the only
 part that grows is the duplicate-id table, and only when the file has ids of its own — 8 bytes
 per slot, at most 2.7 slots per post, plus the old table while it doubles (≤ 32 bytes per post).
 
@@ -39,8 +40,11 @@ SCALE = os.environ.get("MENTALGLM_BENCH_SCALE", "full")
 LINES = 1_000_000 if SCALE == "full" else 20_000
 ROUNDS = 3 if SCALE == "full" else 1
 MIB = 2**20
-#: Reading must not grow by more than this beyond the id table, whatever the file size.
-CONSTANT_MIB = 24
+#: What a first pass may cost whatever the file size (lazily imported parsers, caches, buffers); the JSON-array
+#: path, which parses each record's answer, measured 27.7 MiB at both sizes (2026-12-05).
+FIXED_MIB = 32
+#: Allocator noise between the two sizes of one layout.
+SLACK_MIB = 4
 _TEXTS = ("最近总是提不起劲，什么都不想做，晚上也睡不着。", "今天和朋友去爬山了，心情很好！",
           "考试又没考好，感觉自己一无是处……", "周末打算去看电影，有人一起吗？😂",
           "他说“活着没意思”，我有点担心他。")
@@ -152,5 +156,6 @@ def test_reader_throughput_and_peak_memory(benchmark, files, layout):
         "peak_growth_mib_quarter": growth[LINES // 4], "peak_growth_mib_full": growth[LINES],
         "id_table_bound_mib": id_table, "peak_reset": full["reset"]})
     assert full["posts"] == LINES and quarter["posts"] == LINES // 4
-    if full["reset"]:
-        assert growth[LINES] <= CONSTANT_MIB + id_table, benchmark.extra_info
+    if full["reset"]:  # a fixed cost, and from a quarter of the file to all of it, only the id table grows
+        assert growth[LINES // 4] <= FIXED_MIB + id_table / 4, benchmark.extra_info
+        assert growth[LINES] - growth[LINES // 4] <= id_table * 3 / 4 + SLACK_MIB, benchmark.extra_info
