@@ -33,6 +33,8 @@ TEXT_NAMES = ("text", "post", "content", "comment", "内容", "微博", "微博�
 #: Column names taken for the gold label when no ``--label-field`` is given, by priority.
 LABEL_NAMES = ("label", "labels", "标签", "类别")
 _MAX_SCHEMAS = 256
+#: Parsed gold answers kept per schema, by their text: label spellings are few; the bound keeps memory flat.
+GOLD_CACHE_SIZE = 10_000
 _TRUE = frozenset({"1", "true"})
 _FALSE = frozenset({"0", "false"})
 
@@ -324,7 +326,7 @@ class RowReader:
         except ValueError as exc:
             numeric = isinstance(value, (int, float)) or (isinstance(value, str) and raw_key(value).isdigit())
             raise DataError(path, line, field, f"{exc}{self._map_hint() if numeric else ''}") from None
-        if cacheable and len(self._gold_cache) < 10_000:  # label spellings are few; a bound keeps memory flat
+        if cacheable and len(self._gold_cache) < GOLD_CACHE_SIZE:
             self._gold_cache[value] = gold
         return gold
 
