@@ -218,14 +218,17 @@ def llama_cpp_server_process(binary, model_path, log_dir, *, parallel: int = 1, 
     launcher of it: the real-model tests and the real-vocabulary benchmark start it here.
 
     ``--no-repack``: llama.cpp's AMX kernels die with SIGILL on virtual CPUs that advertise AMX (the in-process
-    backend keeps repacked buffers off likewise).
+    backend keeps repacked buffers off likewise). ``-fa off``: the llamacpp backend's default; the server's own,
+    ``auto``, turns flash attention on, which sums attention in another order — the two engines would then
+    not run the same arithmetic, in the tests that compare their answers or in the benchmark that times them.
     """
     port = free_port()
     log_path = Path(log_dir) / f"llama-server-{port}.log"
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [str(binary), "-m", str(model_path), "--host", "127.0.0.1", "--port", str(port), "-np", str(parallel),
-             "-c", str(n_ctx * parallel), "-t", str(n_threads), "--no-repack", "--no-webui"],
+             "-c", str(n_ctx * parallel), "-t", str(n_threads), "--no-repack", "-fa", "off",
+             "--no-webui"],
             stdout=log_file, stderr=subprocess.STDOUT)
     base_url = f"http://127.0.0.1:{port}"
     try:
