@@ -11,11 +11,13 @@ os.environ.setdefault("MENTALGLM_LOAD_PLUGINS", "")
 
 @pytest.fixture
 def torch_threads():
-    """torch uses as many threads as llama.cpp is given (all cores), for one test only."""
+    """torch uses as many threads as llama.cpp is given (:func:`bench_models.bench_threads`), for one test only."""
     import torch
 
+    from bench_models import bench_threads
+
     before = torch.get_num_threads()
-    threads = os.cpu_count() or 1
+    threads = bench_threads()
     torch.set_num_threads(threads)
     yield threads
     torch.set_num_threads(before)

@@ -24,7 +24,7 @@ the growth entirely.
 
 Setup: the model is :func:`bench_models.build_bench_model` (~85M parameters at full scale, random
 weights), exported to GGUF at each out type. torch runs float32 on CPU; ``torch.set_num_threads``
-and llama.cpp's ``n_threads`` are both ``os.cpu_count()``. llama.cpp: ``n_ctx`` 2048 (the model's
+and llama.cpp's ``n_threads`` are both :func:`bench_models.bench_threads`. llama.cpp: ``n_ctx`` 2048 (the model's
 context), default f16 KV cache, prefix reuse on. Analyzer batch size 8 (torch generates a batch
 in one left-padded call; llama.cpp decodes posts one after another). Everything lands in
 ``extra_info``; no speed targets — the only assertions are sanity: every output valid.
@@ -44,14 +44,14 @@ from unittest import mock
 
 import pytest
 
-from bench_models import SCALE, depression_posts, model_parameters, shared_bench_model, shared_gguf
+from bench_models import SCALE, bench_threads, depression_posts, model_parameters, shared_bench_model, shared_gguf
 
 pytest.importorskip("torch", reason="the backend benchmarks need the torch extra")
 pytest.importorskip("llama_cpp", reason="the backend benchmarks need the llamacpp extra")
 
 ROUNDS = 5 if SCALE == "full" else 2
 N_POSTS = 24 if SCALE == "full" else 4
-THREADS = os.cpu_count() or 1
+THREADS = bench_threads()
 MAX_NEW_TOKENS = 32
 N_CTX = 2048
 BATCH_SIZE = 8

@@ -16,7 +16,7 @@ import statistics
 
 import pytest
 
-from bench_models import SCALE, alternate, build_bench_model, long_instruction_task
+from bench_models import SCALE, alternate, bench_threads, build_bench_model, long_instruction_task
 
 ROUNDS = 5 if SCALE == "full" else 1
 N_POSTS = 24 if SCALE == "full" else 4
@@ -50,7 +50,7 @@ def test_framework_overhead_vs_plain_llama_cpp(benchmark, gguf_model, posts):
     from mentalglm import Analyzer
     from mentalglm.backends.llamacpp_backend import LlamaCppBackend
 
-    options = {"n_ctx": 2048, "max_new_tokens": 32, "constrained": False, "parallel": 1}
+    options = {"n_ctx": 2048, "max_new_tokens": 32, "constrained": False, "parallel": 1, "n_threads": bench_threads()}
     with LlamaCppBackend(str(gguf_model), options) as backend:
         analyzer = Analyzer(task="depression", backend=backend, batch_size=8)
         prompts = [analyzer.render(p) for p in posts]
@@ -70,7 +70,7 @@ def test_framework_overhead_vs_plain_llama_cpp(benchmark, gguf_model, posts):
                            rounds=1, iterations=1)
     ratio = result["ours"] / result["plain"]
     benchmark.extra_info.update({"posts": len(posts), "ours_s": result["ours"], "plain_s": result["plain"],
-                                 "overhead_ratio": ratio})
+                                 "overhead_ratio": ratio, "threads": options["n_threads"]})
     if SCALE == "full":
         assert ratio <= 1.05, benchmark.extra_info
 
@@ -82,7 +82,7 @@ def test_prefix_reuse_speedup(benchmark, gguf_model, posts):
     task = long_instruction_task()
     mean_post = statistics.mean(len(p.text) for p in posts)
     assert len(task.instruction) >= 4 * mean_post
-    common = {"n_ctx": 2048, "max_new_tokens": 4, "constrained": False, "parallel": 1}
+    common = {"n_ctx": 2048, "max_new_tokens": 4, "constrained": False, "parallel": 1, "n_threads": bench_threads()}
     with LlamaCppBackend(str(gguf_model), {**common, "prefix_cache": True}) as reuse, \
             LlamaCppBackend(str(gguf_model), {**common, "prefix_cache": False}) as fresh:
         with_reuse = Analyzer(task=task, backend=reuse)
@@ -93,6 +93,7 @@ def test_prefix_reuse_speedup(benchmark, gguf_model, posts):
                            rounds=1, iterations=1)
     speedup = result["off"] / result["on"]
     benchmark.extra_info.update({"instruction_chars": len(task.instruction), "mean_post_chars": mean_post,
-                                 "reuse_on_s": result["on"], "reuse_off_s": result["off"], "speedup": speedup})
+                                 "reuse_on_s": result["on"], "reuse_off_s": result["off"], "speedup": speedup,
+                                 "threads": common["n_threads"]})
     if SCALE == "full":
         assert speedup >= 1.5, benchmark.extra_info

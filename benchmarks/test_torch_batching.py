@@ -1,7 +1,7 @@
 """torch backend: batch size 1 against 8 against 32 on the same 32 posts, unconstrained and constrained.
 
 What is measured: one loaded :class:`TorchBackend` (float32 on CPU, ``torch.set_num_threads`` =
-``os.cpu_count()``) and three Analyzers on it with ``batch_size`` 1, 8 and 32, generating
+:func:`bench_models.bench_threads`) and three Analyzers on it with ``batch_size`` 1, 8 and 32, generating
 answers (``max_new_tokens`` 32) for the same 32 ``sample:depression`` posts. After one untimed
 warm-up post each, the three run in alternating rounds whose order rotates every round
 (:func:`bench_models.alternate`), so drift on a noisy machine hits every batch size alike.

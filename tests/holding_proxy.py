@@ -50,6 +50,8 @@ def _serve(client: socket.socket, upstream_port: int, hold_at: int, counter: lis
 
 
 def main() -> None:
+    """``holding_proxy.py UPSTREAM_PORT N``: print ``PORT p``, then relay connections to the upstream port, holding
+    the N-th completion after it reached the upstream (printing ``HOLDING``) until the process is killed."""
     upstream_port, hold_at = int(sys.argv[1]), int(sys.argv[2])
     listener = socket.create_server(("127.0.0.1", 0))
     print(f"PORT {listener.getsockname()[1]}", flush=True)

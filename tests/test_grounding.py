@@ -4,7 +4,6 @@ format, and its grammar forcing copies of the post (llama.cpp and torch)."""
 from __future__ import annotations
 
 import copy
-import re
 from pathlib import Path
 
 import numpy as np
@@ -153,9 +152,10 @@ def test_torch_and_llamacpp_agree_under_the_copy_grammar(tasks, tiny_models, exp
     with LlamaCppBackend(str(exported("glm", "f32")), {**options, "n_ctx": 1024, "cache_type": "f32"}) as backend:
         from_llama = [p.output for p in Analyzer(task=task, backend=backend).analyze_many(posts)]
     assert from_torch == from_llama and all("\n依据：" in o for o in from_llama)
-    for post, output in zip(posts, from_llama):  # the copy branch ran: every answer quotes its own post
-        quotes = re.findall(r"“([^“”]+)”", output.split("\n依据：", 1)[1])
-        assert quotes and all(quote in post.text for quote in quotes), (output, post.text)
+    for post, output in zip(posts, from_llama):  # the copy branch ran: every evidence line quotes its own post
+        evidence_line = output.split("\n依据：", 1)[1].split("\n", 1)[0]  # not the free explanation after it
+        quotes = quoted_spans(evidence_line)
+        assert quotes and all(found.grounded for found in ground(quotes, post.text)), (output, post.text)
 
 
 # -- explanation metrics and the report -----------------------------------------------------------
