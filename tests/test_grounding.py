@@ -155,7 +155,9 @@ def test_torch_and_llamacpp_agree_under_the_copy_grammar(tasks, tiny_models, exp
     for post, output in zip(posts, from_llama):  # the copy branch ran: every evidence line quotes its own post
         evidence_line = output.split("\n依据：", 1)[1].split("\n", 1)[0]  # not the free explanation after it
         quotes = quoted_spans(evidence_line)
-        assert quotes and all(found.grounded for found in ground(quotes, post.text)), (output, post.text)
+        found = ground(quotes, post.text)
+        assert quotes and all(f.grounded and post.text[f.start:f.end] == q for f, q in zip(found, quotes)), \
+            (output, post.text)
 
 
 # -- explanation metrics and the report -----------------------------------------------------------

@@ -114,30 +114,31 @@ def worker_pids() -> list[int]:
     return pids
 
 
-def _kill_workers_until_a_batch_is_retried(parts: Path, killed: list, stop: threading.Event, tries: int = 3) -> None:
+def _kill_workers_until_a_batch_is_retried(parts: Path, killed: list, stop: threading.Event, before: set,
+                                           tries: int = 3) -> None:
     """SIGKILL a worker once three blocks are on disk (a worker is then mid-batch, or holds queued batches);
-    should Ray's task events show no retried batch a few seconds later (the kill fell between two batches),
+    should Ray's task events show no newly retried batch a few seconds later (the kill fell between two batches),
     kill again — at most ``tries`` times — so the test does not rest on when a kill lands."""
     while not stop.is_set() and len(killed) < tries:
         if parts.is_dir() and len(list(parts.glob("part-*.jsonl"))) >= 3:
-            pids = [pid for pid in worker_pids() if _running(pid)] or worker_pids()
+            pids = [pid for pid in worker_pids() if _runnable(pid)] or worker_pids()
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
-                if retried_batches(timeout=5.0):
+                if set(retried_batches(timeout=5.0, stop=stop)) - before:
                     return
         time.sleep(0.02)
 
 
-def _running(pid: int) -> bool:
-    """Whether the process is on a CPU now (state R): decoding, not waiting for its next batch."""
+def _runnable(pid: int) -> bool:
+    """Whether the process is runnable (state R): computing, most likely decoding, rather than waiting for work."""
     try:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "R"
     except (OSError, IndexError):
         return False
 
 
-def retried_batches(timeout: float = 30.0) -> list[str]:
+def retried_batches(timeout: float = 30.0, stop: threading.Event | None = None) -> list[str]:
     """Ray's own record of batch calls on a PostAnalyzer actor that ran again after a failure: the task ids of
     the GCS task events with ``attempt_number`` ≥ 1. Ray reports task events every second or so, hence the wait.
 
@@ -151,7 +152,7 @@ def retried_batches(timeout: float = 30.0) -> list[str]:
         retried = sorted({event.task_id.hex() for event in state.state._get_all_task_events()
                           if event.attempt_number >= 1 and event.HasField("task_info")
                           and "PostAnalyzer" in event.task_info.name and "__init__" not in event.task_info.name})
-        if retried or time.monotonic() > deadline:
+        if retried or time.monotonic() > deadline or (stop is not None and stop.is_set()):
             return retried
         time.sleep(0.5)
 
@@ -177,18 +178,20 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_id_written_once(cluster, 
                     data=str(posts_file))
     killed: list[int] = []
     stop = threading.Event()
-    watcher = threading.Thread(target=_kill_workers_until_a_batch_is_retried, args=(out / "parts", killed, stop),
-                               daemon=True)
+    before = set(retried_batches(timeout=0))  # earlier tests' retries, if any; also connects to the GCS here
+    watcher = threading.Thread(target=_kill_workers_until_a_batch_is_retried,
+                               args=(out / "parts", killed, stop, before), daemon=True)
     watcher.start()
     try:
         first = analyze_dataset(ds, output=out, **settings)
     finally:
         stop.set()
-        watcher.join()
+        watcher.join(timeout=60)
     assert killed, "no worker was killed: the run ended before three blocks were written"
     # Ray Data restarts a dead actor and retries its batch (Ray's task events show the second attempt); the
     # batch's block reaches the driver once: no line was written twice, so the merge had nothing to drop.
-    assert retried_batches(), f"Ray recorded no retried batch after {len(killed)} kills"
+    assert not watcher.is_alive(), "the watcher did not stop"
+    assert set(retried_batches()) - before, f"Ray recorded no retried batch after {len(killed)} kills"
     assert (first.analysed, first.errors, first.duplicates) == (N_POSTS, 0, 0)
     _assert_exactly_once_and_equal(out / "predictions.jsonl", reference)
     assert not (out / "parts").exists() and not (out / "errors.jsonl").exists()
