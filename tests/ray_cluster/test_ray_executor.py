@@ -83,9 +83,13 @@ def _records(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
+def _stat(pid: int) -> list[str]:
+    """The fields of ``/proc/PID/stat`` after the command name, from the state on."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name may hold spaces and ")"
+
+
 def _parent(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])  # the command name may hold spaces and parentheses
+    return int(_stat(pid)[1])
 
 
 def _descends_from(pid: int, ancestor: int) -> bool:
@@ -121,11 +125,12 @@ def _kill_workers_until_a_batch_is_retried(parts: Path, killed: list, stop: thre
     kill again — at most ``tries`` times — so the test does not rest on when a kill lands."""
     while not stop.is_set() and len(killed) < tries:
         if parts.is_dir() and len(list(parts.glob("part-*.jsonl"))) >= 3:
-            pids = [pid for pid in worker_pids() if _runnable(pid)] or worker_pids()
+            workers = worker_pids()
+            pids = [pid for pid in workers if _runnable(pid)] or workers
             if pids:
                 os.kill(pids[0], signal.SIGKILL)
                 killed.append(pids[0])
-                if set(retried_batches(timeout=5.0, stop=stop)) - before:
+                if retried_batches(timeout=5.0, stop=stop, known=before):
                     return
         time.sleep(0.02)
 
@@ -133,14 +138,16 @@ def _kill_workers_until_a_batch_is_retried(parts: Path, killed: list, stop: thre
 def _runnable(pid: int) -> bool:
     """Whether the process is runnable (state R): computing, most likely decoding, rather than waiting for work."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "R"
+        return _stat(pid)[0] == "R"
     except (OSError, IndexError):
         return False
 
 
-def retried_batches(timeout: float = 30.0, stop: threading.Event | None = None) -> list[str]:
+def retried_batches(timeout: float = 30.0, stop: threading.Event | None = None,
+                    known: frozenset | set = frozenset()) -> list[str]:
     """Ray's own record of batch calls on a PostAnalyzer actor that ran again after a failure: the task ids of
-    the GCS task events with ``attempt_number`` ≥ 1. Ray reports task events every second or so, hence the wait.
+    the GCS task events with ``attempt_number`` ≥ 1, less the ``known`` ones. Ray reports task events every second
+    or so, hence the wait (up to ``timeout``, or until ``stop`` is set) for one not known before.
 
     ``ray._private.state`` is internal (the public state API needs the dashboard, which ``init_ray`` keeps
     off); the ``[ray]`` extra pins the Ray version it is read with.
@@ -151,7 +158,8 @@ def retried_batches(timeout: float = 30.0, stop: threading.Event | None = None) 
     while True:
         retried = sorted({event.task_id.hex() for event in state.state._get_all_task_events()
                           if event.attempt_number >= 1 and event.HasField("task_info")
-                          and "PostAnalyzer" in event.task_info.name and "__init__" not in event.task_info.name})
+                          and "PostAnalyzer" in event.task_info.name and "__init__" not in event.task_info.name}
+                         - known)
         if retried or time.monotonic() > deadline or (stop is not None and stop.is_set()):
             return retried
         time.sleep(0.5)
@@ -191,7 +199,7 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_id_written_once(cluster, 
     # Ray Data restarts a dead actor and retries its batch (Ray's task events show the second attempt); the
     # batch's block reaches the driver once: no line was written twice, so the merge had nothing to drop.
     assert not watcher.is_alive(), "the watcher did not stop"
-    assert set(retried_batches()) - before, f"Ray recorded no retried batch after {len(killed)} kills"
+    assert retried_batches(known=before), f"Ray recorded no retried batch after {len(killed)} kills"
     assert (first.analysed, first.errors, first.duplicates) == (N_POSTS, 0, 0)
     _assert_exactly_once_and_equal(out / "predictions.jsonl", reference)
     assert not (out / "parts").exists() and not (out / "errors.jsonl").exists()
