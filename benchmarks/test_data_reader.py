@@ -46,7 +46,7 @@ MIB = 2**20
 #: path measured 27.7 MiB at both sizes (2026-12-05). That is its read-ahead of CHUNK characters (4 bytes each once
 #: the text holds an emoji) in several copies at once — the bytes read, their decoded text, the unread rest of
 #: the buffer and the buffer joined with the new text: the peak follows CHUNK (3.1 / 7.8 / 27.7 MiB with
-#: 64k / 256k / 1M characters, 80k records), not the file.
+#: 64k / 256k / 1M characters, 80k records, in a one-off diagnostic run), not the file.
 FIXED_MIB = 32
 #: Chunks the JSON-array reader reads before its peak settles (80k records, 8 chunks: 25.5 MiB; 250k, 37 chunks:
 #: 27.7 MiB; 20k, 2 chunks: 12.6 MiB): below that — CI's smoke size — only the bound is checked.
